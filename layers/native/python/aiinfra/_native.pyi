@@ -1,0 +1,32 @@
+"""Typed face of the compiled extension `aiinfra._native`."""
+
+__version__: str
+
+class MetadataColumns:
+    """Columnar metadata of one index segment; `select` evaluates a compiled filter into a bitmap."""
+
+    def __init__(
+        self,
+        rows: int,
+        numeric: list[tuple[str, bytes]],
+        tokens: list[tuple[str, list[str], bytes]],
+    ) -> None: ...
+    @property
+    def rows(self) -> int: ...
+    def select(self, program: list[tuple[int, str, list[float], list[str]]]) -> tuple[bytes, int]: ...
+
+class IntegrityError(ValueError):
+    """A stored memory failed authentication: tampered, truncated, moved, or sealed with an unknown key."""
+
+class EnvelopeCodec:
+    """AES-256-GCM memory envelopes (format 1); the same bytes as `aiinfra.memory.envelope`."""
+
+    def __init__(self, keys: dict[str, bytes], current: str) -> None: ...
+    @property
+    def current_key_id(self) -> str: ...
+    def seal(self, redis_key: bytes, version: int, expires_at_ms: int, plaintext: bytes) -> bytes: ...
+    def open(self, redis_key: bytes, blob: bytes) -> tuple[int, int, bytes]: ...
+    def seal_many(self, items: list[tuple[bytes, int, int, bytes]]) -> list[bytes]: ...
+    def open_many(
+        self, redis_keys: list[bytes], blobs: list[bytes | None]
+    ) -> list[tuple[int, int, bytes] | None]: ...

@@ -1,0 +1,1 @@
+"""HTTP face of every capability: FastAPI routers, app factories, errors, the Lambda adapter."""

@@ -1,0 +1,46 @@
+"""The Lambda entry point for an ASGI app: Mangum, plus logging and metrics per invocation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from mangum import Mangum
+
+from aiinfra.observability import logger, metrics
+
+LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+BAD_EVENT = {
+    "statusCode": 400,
+    "headers": {"content-type": "application/json"},
+    "body": '{"error":{"type":"invalid_event","message":"event is neither an API Gateway HTTP API '
+    '(payload 2.0) nor a REST API (payload 1.0) request"}}',
+}
+
+
+def _is_api_gateway_event(event: object) -> bool:
+    if not isinstance(event, dict) or not isinstance(event.get("requestContext"), dict):
+        return False
+    if event.get("version") == "2.0":
+        return isinstance(event["requestContext"].get("http"), dict)
+    return "httpMethod" in event and "path" in event
+
+
+def lambda_handler(app: Any, service: str) -> LambdaHandler:
+    """What Lambda calls: `handler(event, context)` for HTTP API and REST API events."""
+    os.environ.setdefault("POWERTOOLS_SERVICE_NAME", service)
+    log, emf = logger(), metrics()
+    asgi = Mangum(app, lifespan="off")
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if not _is_api_gateway_event(event):
+            shape = sorted(event)[:20] if isinstance(event, dict) else type(event).__name__
+            log.error("unsupported event shape", extra={"event_shape": shape})
+            return dict(BAD_EVENT)
+        return asgi(event, context)
+
+    with_logs = log.inject_lambda_context(handler, correlation_id_path="requestContext.requestId")
+    instrumented: LambdaHandler = emf.log_metrics(with_logs, capture_cold_start_metric=True)
+    return instrumented

@@ -1,0 +1,144 @@
+"""Every setting, read from the environment in one place.
+
+Each capability reads its own settings once, at init. A missing or malformed setting raises
+`ConfigError` whose message is one line naming the setting, so a misconfigured function
+fails its init with that line and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+EMBED_MODEL_IDS = ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-int8")
+LAYER_MODEL_DIR = Path("/opt/model")
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it in one line."""
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _env(name, default)
+    assert value is not None
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+    return value
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    model_dir: Path
+    default_model: str
+    threads: int
+
+
+def embed_settings() -> EmbedSettings:
+    raw_dir = _env("MODEL_DIR")
+    model_dir = Path(raw_dir) if raw_dir else LAYER_MODEL_DIR
+    if not model_dir.is_absolute():
+        raise ConfigError(f"MODEL_DIR={raw_dir!r} must be an absolute path")
+    if not (model_dir / "tokenizer.json").is_file():
+        raise ConfigError(f"MODEL_DIR={str(model_dir)!r} holds no built model (run `make build`)")
+    return EmbedSettings(
+        model_dir=model_dir,
+        default_model=env_choice("EMBED_MODEL", EMBED_MODEL_IDS[0], EMBED_MODEL_IDS),
+        threads=env_int("EMBED_THREADS", os.cpu_count() or 1, minimum=1),
+    )
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    mode: str
+    agent_claim: str
+
+
+def auth_settings() -> AuthSettings:
+    return AuthSettings(
+        mode=env_choice("AUTH_MODE", "jwt", ("jwt", "none")),
+        agent_claim=_env("AUTH_AGENT_CLAIM", "agents") or "agents",
+    )
+
+
+MEMORY_MAX_TTL_SECONDS = 30 * 24 * 3600
+MEMORY_KEY_SCHEMES = ("file", "kms", "secretsmanager")
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    redis_url: str
+    keys_uri: str
+    default_ttl: int
+    max_value_bytes: int
+    redis_timeout: float
+
+
+def memory_settings() -> MemorySettings:
+    redis_url = _env("REDIS_URL", "redis://127.0.0.1:6379/0") or ""
+    if not redis_url.startswith(("redis://", "rediss://")):
+        raise ConfigError(f"REDIS_URL={redis_url.split('@')[-1]!r} must start with redis:// or rediss://")
+    keys_uri = _env("MEMORY_KEYS")
+    if keys_uri is None:
+        raise ConfigError("MEMORY_KEYS is not set (file:///abs/keyring.json, kms://<key-id>, secretsmanager://<id>)")
+    scheme, _, rest = keys_uri.partition("://")
+    if scheme not in MEMORY_KEY_SCHEMES or not rest or (scheme == "file" and not rest.startswith("/")):
+        raise ConfigError(
+            f"MEMORY_KEYS={keys_uri!r} must be file:///abs/path.json, kms://<key-id> or secretsmanager://<id>"
+        )
+    default_ttl = env_int("MEMORY_DEFAULT_TTL", 86400, minimum=1)
+    if default_ttl > MEMORY_MAX_TTL_SECONDS:
+        raise ConfigError(f"MEMORY_DEFAULT_TTL={default_ttl} must be <= {MEMORY_MAX_TTL_SECONDS} (30 days)")
+    return MemorySettings(
+        redis_url=redis_url,
+        keys_uri=keys_uri,
+        default_ttl=default_ttl,
+        max_value_bytes=env_int("MEMORY_MAX_VALUE_BYTES", 256 * 1024, minimum=1),
+        redis_timeout=env_float("MEMORY_REDIS_TIMEOUT", 2.0, minimum=0.01),
+    )
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    index_store: str
+    refresh_seconds: float
+
+
+def search_settings() -> SearchSettings:
+    store = _env("INDEX_STORE")
+    if store is None:
+        raise ConfigError("INDEX_STORE is not set (file:///absolute/dir or s3://bucket/prefix)")
+    if not (store.startswith("file:///") or (store.startswith("s3://") and len(store) > len("s3://"))):
+        raise ConfigError(f"INDEX_STORE={store!r} must be file:///absolute/dir or s3://bucket/prefix")
+    return SearchSettings(index_store=store, refresh_seconds=env_float("INDEX_REFRESH_SECONDS", 5.0))

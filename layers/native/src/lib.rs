@@ -1,0 +1,14 @@
+//! `aiinfra._native`: the hot paths the Python package hands to Rust.
+use pyo3::prelude::*;
+
+mod envelope;
+mod filter;
+mod memory_batch;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    envelope::register(m)?;
+    filter::register(m)?;
+    Ok(())
+}
