@@ -10,7 +10,8 @@ SYSTEM_TOOLS := redis-server
 
 export MODEL_DIR
 
-.PHONY: serve test build layer bench bench-env bench-corpus bench-embed lint native model system-tools clean
+.PHONY: serve test build layer bench bench-env bench-corpus bench-embed bench-search bench-memory lint native model system-tools clean
+.PHONY: lambda-tools sam-tools invoke bench-coldstart
 
 # --- environment ------------------------------------------------------------------
 $(VENV)/.installed: requirements/dev.txt requirements/runtime.txt requirements/constraints.txt
@@ -41,10 +42,17 @@ system-tools:
 	fi
 
 # --- entry points -----------------------------------------------------------------
-serve: build
-	AUTH_MODE=none $(VENV)/bin/aiinfra serve --host 127.0.0.1 --port 8000
+# Memory needs a Redis: without REDIS_URL, reuse the one on 6379 or start one daemonized, data in .data/redis.
+serve: build system-tools
+	@if [ -z "$$REDIS_URL" ] && ! redis-cli -p 6379 ping >/dev/null 2>&1; then \
+	  mkdir -p .data/redis && redis-server --port 6379 --bind 127.0.0.1 --dir $(CURDIR)/.data/redis \
+	    --appendonly yes --daemonize yes --logfile $(CURDIR)/.data/redis/redis.log; \
+	fi
+	AUTH_MODE=none INDEX_STORE=$${INDEX_STORE:-file://$(CURDIR)/.data/indexes} \
+	  REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} MEMORY_KEYS=$${MEMORY_KEYS:-file://$(CURDIR)/.data/keyring.json} \
+	  $(VENV)/bin/aiinfra serve --host 127.0.0.1 --port 8000
 
-test: build system-tools lint
+test: build system-tools lint layer lambda-tools sam-tools
 	$(VENV)/bin/pytest -q tests
 
 lint: native
@@ -53,13 +61,13 @@ lint: native
 	$(VENV)/bin/mypy --strict $(NATIVE)/python/aiinfra
 	cd $(NATIVE) && cargo clippy --release --quiet -- -D warnings
 
-bench: bench-embed
+bench: bench-embed bench-search bench-memory
 
 # The stack we replace, kept out of .venv: PyPI's torch is the multi-GB CUDA build.
 BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed: requirements/bench-baseline.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install -q --disable-pip-version-check -r requirements/bench-baseline.txt
+	$(BENCH_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/bench-baseline.txt
 	touch $@
 
 bench-env: $(BENCH_VENV)/.installed
@@ -70,6 +78,57 @@ bench-corpus:
 
 bench-embed: build bench-env bench-corpus
 	$(VENV)/bin/python bench/embed.py
+
+# GCIDE definitions add to the WordNet glosses for >= 200k real texts; embedded vectors are cached in build/bench.
+bench-search: build bench-corpus
+	@test -f /usr/share/dictd/gcide.dict.dz || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dict-gcide >/dev/null)
+	$(VENV)/bin/python bench/search.py
+
+# Starts its own redis-server on a free port; redis-benchmark comes with redis-tools.
+bench-memory: native system-tools
+	$(VENV)/bin/python bench/memory.py
+
+# --- Lambda fidelity: the runtime emulator, the cp312 layer, the SAM tools ------------------
+# The Go proxy serves none of the emulator's release tags (not semver): pinned by pseudo-version.
+RIE_VERSION := v0.0.0-20261030222936-bef5c4ba774d
+RIE := build/tools/aws-lambda-rie
+LAYER := build/layer
+RUNTIME_DIR := build/lambda-runtime
+SAM_VENV := .venv-sam
+LAYER_INPUTS := $(NATIVE)/Makefile $(NATIVE)/prune.py requirements/runtime.txt requirements/constraints.txt \
+	$(RUST_SOURCES) $(shell find $(NATIVE)/python -name '*.py') $(wildcard $(MODEL_DIR)/*/model.onnx)
+
+$(RIE):
+	GOBIN=$(CURDIR)/build/tools go install \
+	  github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@$(RIE_VERSION)
+
+$(RUNTIME_DIR)/.installed: $(VENV)/.installed
+	$(MAKE) -f $(NATIVE)/Makefile --no-print-directory lambda-runtime RUNTIME_DIR=$(CURDIR)/$(RUNTIME_DIR)
+	touch $@
+
+# The layer as `sam build` makes it (/opt/python, /opt/model), for aws-lambda-rie and the benchmarks.
+$(LAYER)/.built: $(VENV)/.native $(LAYER_INPUTS)
+	$(MAKE) -f $(NATIVE)/Makefile --no-print-directory build-NativeLayer ARTIFACTS_DIR=$(CURDIR)/$(LAYER)
+	touch $@
+
+layer: $(LAYER)/.built
+
+lambda-tools: $(RIE) $(RUNTIME_DIR)/.installed
+
+$(SAM_VENV)/.installed: requirements/sam.txt
+	test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
+	PIP_CACHE_DIR=$(CURDIR)/build/pip-cache $(SAM_VENV)/bin/pip install -q --disable-pip-version-check -r requirements/sam.txt
+	touch $@
+
+sam-tools: $(SAM_VENV)/.installed
+
+# make invoke FUNCTION=embed EVENT=tests/fixtures/events/http-api.json: one event through aws-lambda-rie.
+invoke: layer lambda-tools
+	$(PY) -m tests.support.rie $(FUNCTION) $(EVENT)
+
+bench-coldstart: layer lambda-tools bench-env
+	$(PY) bench/coldstart.py
 
 clean:
 	rm -rf build $(VENV) $(NATIVE)/target $(NATIVE)/python/aiinfra/*.so

@@ -17,7 +17,14 @@ os.environ.setdefault("AUTH_MODE", "none")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "aiinfra")
 
 # Fixture modules of each capability (real servers: redis-server, moto_server, aws-lambda-rie).
-pytest_plugins: list[str] = ["tests.support.embed"]
+pytest_plugins: list[str] = [
+    "tests.support.embed",
+    "tests.support.redis_server",
+    "tests.support.memory",
+    "tests.support.moto",
+    "tests.support.search",
+    "tests.support.rie",
+]
 
 
 @pytest.fixture(scope="session")

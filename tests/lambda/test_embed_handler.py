@@ -39,7 +39,9 @@ def test_reference_vectors_through_the_handler(
     embed_function: ModuleType, reference: tuple[list[str], np.ndarray], kind: str
 ) -> None:
     texts, expected = reference
-    response = invoke(embed_function, kind, "POST", "/v1/embeddings", {"input": texts, "model": "all-MiniLM-L6-v2"})
+    response = invoke(
+        embed_function, kind, "POST", "/v1/embeddings", {"input": texts, "model": "all-MiniLM-L6-v2"}
+    )
     assert response["statusCode"] == 200
     body = response_json(response)
     assert [item["index"] for item in body["data"]] == list(range(len(texts)))

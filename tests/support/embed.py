@@ -43,7 +43,9 @@ def free_port() -> int:
 def embed_server(embed_function: ModuleType) -> Iterator[str]:
     """The embed ASGI app served by uvicorn over real HTTP; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(embed_function.app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(embed_function.app, host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

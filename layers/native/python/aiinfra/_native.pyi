@@ -1,5 +1,7 @@
 """Typed face of the compiled extension `aiinfra._native`."""
 
+from collections.abc import Sequence
+
 __version__: str
 
 class MetadataColumns:
@@ -30,3 +32,9 @@ class EnvelopeCodec:
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]
     ) -> list[tuple[int, int, bytes] | None]: ...
+
+def encode_commands(commands: Sequence[Sequence[bytes | str | int]]) -> bytes:
+    """The RESP2 request bytes of a pipeline of Redis commands."""
+
+def key_slot(key: bytes) -> int:
+    """The Redis Cluster slot of a key (CRC16 of its hash tag, mod 16384)."""

@@ -22,6 +22,43 @@ def _build_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rewrap(args: argparse.Namespace) -> int:
+    from aiinfra.config import memory_settings
+    from aiinfra.memory.schema import is_name
+    from aiinfra.memory.store import memory_store
+
+    bad = [agent_id for agent_id in args.agent if not is_name(agent_id)]
+    if bad:
+        print(f"not an agent id: {', '.join(bad)}", file=sys.stderr)
+        return 2
+    store = memory_store(memory_settings())
+    for agent_id in args.agent:
+        moved = store.rewrap(agent_id)
+        print(f"{agent_id}: {moved} entries re-sealed with key {store.codec.current_key_id}")
+    return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    from aiinfra.config import memory_settings
+    from aiinfra.memory.keyring import rotate_keyring
+    from aiinfra.memory.resp import RedisClient
+
+    settings = memory_settings()
+    keyring = rotate_keyring(settings.keys_uri, RedisClient(settings.redis_url, settings.redis_timeout))
+    print(keyring.current)
+    return 0
+
+
+def _publish_model(args: argparse.Namespace) -> int:
+    from aiinfra.config import embed_settings
+    from aiinfra.embedding.store import publish_models
+
+    model_ids = tuple(args.model or ["all-MiniLM-L6-v2"])
+    for address in publish_models(embed_settings().model_dir, args.to, model_ids):
+        print(address)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="aiinfra")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -32,6 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     build = commands.add_parser("build-model", help="build the ONNX models from the packaged weights")
     build.add_argument("--out", required=True, help="output directory (MODEL_DIR)")
     build.set_defaults(run=_build_model)
+    publish = commands.add_parser("publish-model", help="upload built models (MODEL_DIR) to a MODEL_STORE")
+    publish.add_argument("--to", required=True, help="s3://bucket/prefix, the functions' MODEL_STORE")
+    publish.add_argument("--model", action="append", help="model id (repeatable; default: the fp32 model)")
+    publish.set_defaults(run=_publish_model)
+    rewrap = commands.add_parser("rewrap", help="re-seal agents' memories with the current key (MEMORY_KEYS)")
+    rewrap.add_argument("--agent", action="append", required=True, help="agent id (repeatable)")
+    rewrap.set_defaults(run=_rewrap)
+    rotate = commands.add_parser(
+        "rotate-key", help="add a new current key to the memory keyring (MEMORY_KEYS)"
+    )
+    rotate.set_defaults(run=_rotate_key)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

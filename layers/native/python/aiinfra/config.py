@@ -63,6 +63,7 @@ class EmbedSettings:
     model_dir: Path
     default_model: str
     threads: int
+    model_store: str | None  # s3://bucket/prefix holding models the layer does not carry
 
 
 def embed_settings() -> EmbedSettings:
@@ -76,7 +77,15 @@ def embed_settings() -> EmbedSettings:
         model_dir=model_dir,
         default_model=env_choice("EMBED_MODEL", EMBED_MODEL_IDS[0], EMBED_MODEL_IDS),
         threads=env_int("EMBED_THREADS", os.cpu_count() or 1, minimum=1),
+        model_store=_model_store(),
     )
+
+
+def _model_store() -> str | None:
+    store = _env("MODEL_STORE")
+    if store is not None and not (store.startswith("s3://") and len(store) > len("s3://")):
+        raise ConfigError(f"MODEL_STORE={store!r} must be s3://bucket[/prefix]")
+    return store
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,9 @@ def memory_settings() -> MemorySettings:
         raise ConfigError(f"REDIS_URL={redis_url.split('@')[-1]!r} must start with redis:// or rediss://")
     keys_uri = _env("MEMORY_KEYS")
     if keys_uri is None:
-        raise ConfigError("MEMORY_KEYS is not set (file:///abs/keyring.json, kms://<key-id>, secretsmanager://<id>)")
+        raise ConfigError(
+            "MEMORY_KEYS is not set (file:///abs/keyring.json, kms://<key-id>, secretsmanager://<id>)"
+        )
     scheme, _, rest = keys_uri.partition("://")
     if scheme not in MEMORY_KEY_SCHEMES or not rest or (scheme == "file" and not rest.startswith("/")):
         raise ConfigError(

@@ -8,6 +8,7 @@ from typing import Any
 
 from mangum import Mangum
 
+from aiinfra import snapstart
 from aiinfra.observability import logger, metrics
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -32,6 +33,7 @@ def lambda_handler(app: Any, service: str) -> LambdaHandler:
     """What Lambda calls: `handler(event, context)` for HTTP API and REST API events."""
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", service)
     log, emf = logger(), metrics()
+    snapstart.install()
     asgi = Mangum(app, lifespan="off")
 
     def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -16,6 +17,7 @@ from aiinfra.api.errors import ApiError, InvalidRequest, PayloadTooLarge
 
 # A synchronous Lambda invocation carries at most 6 MB; refuse the same locally.
 MAX_BODY_BYTES = 6 * 1024 * 1024
+HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -41,7 +43,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 class BodyLimit:
-    """Refuses request bodies over `limit` bytes with 413, declared or streamed."""
+    """Refuses request bodies over `limit` bytes with 413, whether declared or streamed."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -56,24 +58,28 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             await too_large(scope, receive, send)
             return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
+        # Read the body here: the app's own parser would turn an error raised mid-read into a 400.
+        body = bytearray()
+        while True:
             message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise _BodyTooLarge
-            return message
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _BodyTooLarge:
-            await too_large(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
@@ -84,6 +90,13 @@ def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
     @app.exception_handler(ApiError)
     async def on_api_error(_: Request, exc: ApiError) -> Response:
         return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        # Routing and body-parsing refusals (404, 405, undecodable body) speak our error shape too.
+        kind = HTTP_ERROR_TYPES.get(exc.status_code, "invalid_request_error")
+        body = {"error": {"type": kind, "message": str(exc.detail)}}
+        return json_response(body, exc.status_code, dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> Response:

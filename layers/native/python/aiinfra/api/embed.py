@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import base64
+import functools
 import time
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 from starlette.responses import Response
 
+from aiinfra import snapstart
 from aiinfra.api.app import create_app, json_response
-from aiinfra.api.errors import error_responses
+from aiinfra.api.errors import NotFound, Unavailable, error_responses
 from aiinfra.config import EMBED_MODEL_IDS, embed_settings
-from aiinfra.embedding.catalog import ModelCatalog
+from aiinfra.embedding.catalog import ModelCatalog, ModelFetchFailed, ModelNotDeployed
 from aiinfra.observability import MetricUnit, metrics
+
+if TYPE_CHECKING:
+    from aiinfra.embedding.embedder import Embedder
 
 MAX_INPUTS = 2048
 MAX_INPUT_CHARS = 100_000
@@ -23,45 +28,42 @@ ModelId = Literal["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-int8"]
 assert set(EMBED_MODEL_IDS) == set(ModelId.__args__)  # type: ignore[attr-defined]
 
 
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise ValueError("must not be empty or whitespace-only")
-    return text
+def _check_texts(value: Any) -> Any:
+    """Names the first problem of `input` in words a caller can act on."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list):
+        raise ValueError("must be a string or a list of strings")
+    if not texts:
+        raise ValueError("must hold at least 1 text")
+    if len(texts) > MAX_INPUTS:
+        raise ValueError(f"must hold at most {MAX_INPUTS} texts, got {len(texts)}")
+    if all(isinstance(t, int) or (isinstance(t, list) and all(isinstance(i, int) for i in t)) for t in texts):
+        raise ValueError("token-id arrays are not supported, send text")
+    for index, text in enumerate(texts):
+        where = "" if isinstance(value, str) else f"item {index} "
+        if not isinstance(text, str):
+            raise ValueError(f"{where}must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"{where}must not be empty or whitespace-only")
+        if len(text) > MAX_INPUT_CHARS:
+            raise ValueError(f"{where}must be at most {MAX_INPUT_CHARS} characters, got {len(text)}")
+    return value
 
 
-Text = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=MAX_INPUT_CHARS),
-    AfterValidator(_not_blank),
-    Field(json_schema_extra={"pattern": r"\S"}),
-]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_INPUT_CHARS, pattern=r"\S")]
+Texts = Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
 
 
 class EmbeddingRequest(BaseModel):
-    input: Text | Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)] = Field(
+    input: Annotated[Text | Texts, BeforeValidator(_check_texts)] = Field(
         description="A text, or a list of up to 2048 texts (token-id arrays are not accepted)."
     )
     model: ModelId | None = Field(default=None, description="Defaults to the EMBED_MODEL setting.")
     encoding_format: Literal["float", "base64"] = Field(
         default="float", description="`base64` is little-endian float32."
     )
-    dimensions: Literal[384] | None = None
+    dimensions: Literal[384] | None = Field(default=None, description="Only 384, the model's own.")
     user: str | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _refuse_token_ids(cls, data: Any) -> Any:
-        items = data.get("input") if isinstance(data, dict) else None
-        if (
-            isinstance(items, list)
-            and items
-            and all(
-                isinstance(item, int) or (isinstance(item, list) and all(isinstance(t, int) for t in item))
-                for item in items
-            )
-        ):
-            raise ValueError("input: token-id arrays are not supported, send text")
-        return data
 
 
 class Embedding(BaseModel):
@@ -94,24 +96,41 @@ class ModelList(BaseModel):
     data: list[Model]
 
 
+def warm_up(catalog: ModelCatalog) -> None:
+    for model_id in catalog.model_ids:
+        catalog.get(model_id).embed(["SnapStart warm-up"])
+
+
+def embedder(catalog: ModelCatalog, model_id: str) -> Embedder:
+    """The model's Embedder, or the API error that says why it cannot be had."""
+    try:
+        return catalog.get(model_id)
+    except ModelNotDeployed as exc:
+        raise NotFound(str(exc), param="model") from exc
+    except ModelFetchFailed as exc:
+        raise Unavailable(str(exc), retry_after_seconds=5) from exc
+
+
 def router(catalog: ModelCatalog | None = None) -> APIRouter:
     """The embed routes over `catalog` (built from the environment when None)."""
     if catalog is None:
-        settings = embed_settings()
-        catalog = ModelCatalog(settings.model_dir, settings.default_model, settings.threads)
+        catalog = ModelCatalog.from_settings(embed_settings())
         catalog.get()  # the default model serves the first request: load it during init
+        # Before a SnapStart snapshot: load every served model (fetching those from MODEL_STORE) and
+        # run one inference each, so restored instances start with warm sessions.
+        snapstart.before_snapshot(functools.partial(warm_up, catalog))
     routes = APIRouter(tags=["embeddings"])
 
     @routes.post(
         "/v1/embeddings",
         response_class=Response,
-        responses={200: {"model": EmbeddingResponse}, **error_responses()},
+        responses={200: {"model": EmbeddingResponse}, **error_responses(NotFound, Unavailable)},
     )
     def create_embeddings(request: EmbeddingRequest) -> Response:
         started = time.perf_counter()
         texts = [request.input] if isinstance(request.input, str) else request.input
         model_id = request.model or catalog.default_model
-        batch = catalog.get(model_id).embed(texts)
+        batch = embedder(catalog, model_id).embed(texts)
         if request.encoding_format == "base64":
             rows: Any = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in batch.vectors]
         else:

@@ -8,7 +8,7 @@ from aiinfra.api.app import create_app
 
 
 def create_local_app() -> FastAPI:
-    from aiinfra.api import embed
+    from aiinfra.api import embed, memory, search
 
-    routers: list[APIRouter] = [embed.router()]
+    routers: list[APIRouter] = [embed.router(), search.router(), memory.router()]
     return create_app("aiinfra", routers)

@@ -6,23 +6,48 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from aiinfra.config import EMBED_MODEL_IDS
+from aiinfra.config import EMBED_MODEL_IDS, EmbedSettings
+from aiinfra.embedding.store import CACHE_DIR, fetch_model
 
 if TYPE_CHECKING:
     from aiinfra.embedding.embedder import Embedder
 
 
+class ModelNotDeployed(Exception):
+    """A model id this deployment does not serve: not in MODEL_DIR and no MODEL_STORE."""
+
+
+class ModelFetchFailed(Exception):
+    """MODEL_STORE could not deliver a model's graph (S3 unreachable, object missing)."""
+
+
 class ModelCatalog:
-    def __init__(self, model_dir: Path, default_model: str, threads: int) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        default_model: str,
+        threads: int,
+        model_store: str | None = None,
+        fetch_dir: Path = CACHE_DIR,
+    ) -> None:
         self.model_dir = model_dir
+        self.fetch_dir = fetch_dir
         self.default_model = default_model
         self.threads = threads
+        self.model_store = model_store
         self._loaded: dict[str, Embedder] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, settings: EmbedSettings) -> ModelCatalog:
+        return cls(settings.model_dir, settings.default_model, settings.threads, settings.model_store)
+
     @property
     def model_ids(self) -> tuple[str, ...]:
-        return EMBED_MODEL_IDS
+        """The models this deployment serves: in MODEL_DIR, or any of them with a MODEL_STORE."""
+        if self.model_store is not None:
+            return EMBED_MODEL_IDS
+        return tuple(m for m in EMBED_MODEL_IDS if (self.model_dir / m / "model.onnx").is_file())
 
     def get(self, model_id: str | None = None) -> Embedder:
         """The Embedder for `model_id` (default model when None), loaded once."""
@@ -37,12 +62,17 @@ class ModelCatalog:
         return embedder
 
     def _load(self, model_id: str) -> Embedder:
-        if model_id not in EMBED_MODEL_IDS:
-            raise KeyError(model_id)
+        if model_id not in self.model_ids:
+            served = ", ".join(self.model_ids)
+            raise ModelNotDeployed(f"model {model_id!r} is not deployed here; served: {served}")
+        model_path = self.model_dir / model_id / "model.onnx"
+        if not model_path.is_file():
+            assert self.model_store is not None
+            try:
+                model_path = fetch_model(self.model_store, model_id, self.fetch_dir)
+            except Exception as exc:  # boto3 raises many types; every one means "not now"
+                message = f"model {model_id!r} could not be fetched from MODEL_STORE: {exc}"
+                raise ModelFetchFailed(message) from exc
         from aiinfra.embedding.embedder import Embedder
 
-        return Embedder(
-            self.model_dir / model_id / "model.onnx",
-            self.model_dir / "tokenizer.json",
-            intra_op_threads=self.threads,
-        )
+        return Embedder(model_path, self.model_dir / "tokenizer.json", intra_op_threads=self.threads)

@@ -1,0 +1,414 @@
+"""`make bench-memory`: the seed's redis-py + Fernet, redis-py + AES-GCM, our Python reference path,
+our native path and redis-benchmark, side by side against one local redis-server; then the memory
+handler against a straightforward FastAPI + Mangum + redis-py + AES-GCM handler, through API
+Gateway events. Values are ~300 bytes of JSON. Writes docs/benchmarks/memory.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import importlib.util
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import orjson  # noqa: E402
+import redis  # noqa: E402
+from aiinfra._native import EnvelopeCodec  # noqa: E402
+from aiinfra.memory.envelope import ReferenceCodec  # noqa: E402
+from aiinfra.memory.resp import RedisClient  # noqa: E402
+from aiinfra.memory.store import Codec, Condition, MemoryStore  # noqa: E402
+from cryptography.fernet import Fernet  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+
+from bench.report import machine, write_report  # noqa: E402
+from tests.support.events import api_gateway_event  # noqa: E402
+from tests.support.redis_server import free_port  # noqa: E402
+
+VALUE = {
+    "kind": "plan",
+    "steps": ["search the index", "summarise the top hits", "ask the user"],
+    "pad": "x" * 200,
+}
+SINGLE_OPS = 5000
+BATCH = 100
+BATCH_REPS = 300
+HANDLER_OPS = 2000
+ROUNDS = 10
+KEYS = [f"k{i:04d}" for i in range(1000)]
+Row = dict[str, Any]
+
+
+def timed(operation: Callable[[int], object], count: int) -> list[float]:
+    for i in range(min(50, count)):
+        operation(i)  # warm connections, script caches and allocators
+    samples = []
+    for i in range(count):
+        started = time.perf_counter()
+        operation(i)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
+def summary(samples: list[float]) -> Row:
+    ordered = sorted(samples)
+    return {
+        "ops": len(samples) / sum(samples),
+        "p50": ordered[len(ordered) // 2] * 1e3,
+        "p99": ordered[int(len(ordered) * 0.99)] * 1e3,
+    }
+
+
+def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    process = subprocess.Popen([*args, "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            return process, port
+        except redis.ConnectionError:
+            time.sleep(0.02)
+    raise RuntimeError("redis-server did not start")
+
+
+def redis_benchmark(port: int, pipeline: int, requests: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            *("redis-benchmark", "-p", str(port), "-c", "1", "-P", str(pipeline), "-n", str(requests)),
+            *("-d", "300", "-t", "set,get", "--csv"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = list(csv.reader(io.StringIO(out)))
+    return {row[0]: float(row[1]) for row in rows[1:]}
+
+
+def seed_contender(client: redis.Redis) -> dict[str, Callable[[int], object]]:
+    """The stack this replaces: Fernet, one SETEX / GET per entry, batches as loops."""
+    fernet = Fernet(Fernet.generate_key())
+
+    def put(i: int) -> None:
+        client.setex(f"seed:{KEYS[i % 1000]}", 3600, fernet.encrypt(json.dumps(VALUE).encode()))
+
+    def get(i: int) -> object:
+        return json.loads(fernet.decrypt(client.get(f"seed:{KEYS[i % 1000]}")))  # type: ignore[arg-type]
+
+    def batch_put(_: int) -> None:
+        for i in range(BATCH):
+            put(i)
+
+    def batch_get(_: int) -> object:
+        return [get(i) for i in range(BATCH)]
+
+    return {"put": put, "get": get, "batch_put": batch_put, "batch_get": batch_get}
+
+
+def pipeline_contender(client: redis.Redis) -> dict[str, Callable[[int], object]]:
+    """redis-py with AES-GCM (cryptography), batches in one MULTI pipeline / one MGET."""
+    aead = AESGCM(AESGCM.generate_key(bit_length=256))
+
+    def seal(name: str) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + aead.encrypt(nonce, json.dumps(VALUE).encode(), name.encode())
+
+    def open_(name: str, blob: bytes) -> object:
+        return json.loads(aead.decrypt(blob[:12], blob[12:], name.encode()))
+
+    def put(i: int) -> None:
+        name = f"gcm:{KEYS[i % 1000]}"
+        client.set(name, seal(name), ex=3600)
+
+    def get(i: int) -> object:
+        name = f"gcm:{KEYS[i % 1000]}"
+        return open_(name, client.get(name))  # type: ignore[arg-type]
+
+    def batch_put(_: int) -> None:
+        pipe = client.pipeline(transaction=True)
+        for i in range(BATCH):
+            name = f"gcm:{KEYS[i]}"
+            pipe.set(name, seal(name), ex=3600)
+        pipe.execute()
+
+    def batch_get(_: int) -> object:
+        names = [f"gcm:{KEYS[i]}" for i in range(BATCH)]
+        return [open_(name, blob) for name, blob in zip(names, client.mget(names), strict=True)]
+
+    return {"put": put, "get": get, "batch_put": batch_put, "batch_get": batch_get}
+
+
+def store_contender(store: MemoryStore, agent: str) -> dict[str, Callable[[int], object]]:
+    """Our data plane (MemoryStore): the same calls the routes make, value parsed back as JSON."""
+    batch = [(KEYS[i], orjson.dumps(VALUE), 3600) for i in range(BATCH)]
+
+    def put(i: int) -> None:
+        store.put(agent, KEYS[i % 1000], orjson.dumps(VALUE), 3600, Condition())
+
+    def get(i: int) -> object:
+        return orjson.loads(store.get(agent, KEYS[i % 1000]).value_json)
+
+    def batch_get(_: int) -> object:
+        return [orjson.loads(m.value_json) for m in store.batch_get(agent, KEYS[:BATCH]) if m is not None]
+
+    return {
+        "put": put,
+        "get": get,
+        "batch_put": lambda _: store.batch_put(agent, batch),
+        "batch_get": batch_get,
+    }
+
+
+def data_plane(port: int) -> dict[str, Row]:
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    key = os.urandom(32)
+    codecs: dict[str, Codec] = {
+        "aiinfra, Python reference codec": ReferenceCodec({"k1": key}, "k1"),
+        "aiinfra, native (Rust) codec": EnvelopeCodec({"k1": key}, "k1"),
+    }
+    contenders = {
+        "seed: redis-py + Fernet, one command per entry": seed_contender(client),
+        "redis-py + AES-GCM, pipelined batches": pipeline_contender(client),
+    }
+    for name, codec in codecs.items():
+        contenders[name] = store_contender(
+            MemoryStore(RedisClient(url, 2.0), lambda codec=codec: codec), name[:20]
+        )
+    return interleaved(
+        contenders, {"put": SINGLE_OPS, "get": SINGLE_OPS, "batch_put": BATCH_REPS, "batch_get": BATCH_REPS}
+    )
+
+
+def _offset(operation: Callable[[int], object], start: int, i: int) -> object:
+    return operation(start + i)
+
+
+def interleaved(
+    contenders: dict[str, dict[str, Callable[[int], object]]], counts: dict[str, int]
+) -> dict[str, Row]:
+    """Runs the contenders in alternating rounds, so load from elsewhere on the machine hits all alike."""
+    samples: dict[str, dict[str, list[float]]] = {name: {op: [] for op in counts} for name in contenders}
+    for op, count in counts.items():
+        chunk = count // ROUNDS
+        for round_ in range(ROUNDS):
+            for name, operations in contenders.items():
+                samples[name][op] += timed(functools.partial(_offset, operations[op], round_ * chunk), chunk)
+    results = {name: {op: summary(times) for op, times in ops.items()} for name, ops in samples.items()}
+    for name, row in results.items():
+        print(name, json.dumps(row), flush=True)
+    return results
+
+
+class Context:
+    function_name = "memory"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:memory"
+    aws_request_id = "bench"
+
+
+def load_module(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # pydantic resolves the models' annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def handler_level(port: int, keyring: Path) -> dict[str, Row]:
+    os.environ.update(
+        REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        MEMORY_KEYS=f"file://{keyring}",
+        AUTH_MODE="jwt",
+        BASELINE_KEY_HEX=os.urandom(32).hex(),
+        POWERTOOLS_METRICS_NAMESPACE="aiinfra",
+    )
+    handlers = {
+        "straightforward FastAPI + Mangum + redis-py + AES-GCM": load_module(
+            REPO_ROOT / "bench" / "baseline" / "memory_app.py", "baseline_memory_app"
+        ).handler,
+        "aiinfra memory function": load_module(
+            REPO_ROOT / "functions" / "memory" / "app.py", "memory_app"
+        ).handler,
+    }
+    claims = {"sub": "bench", "agents": ["bench-agent"]}
+    body = json.dumps({"value": VALUE, "ttl": 3600})
+    puts = [
+        api_gateway_event("http", "PUT", f"/agents/bench-agent/memories/{k}", body, claims=claims)
+        for k in KEYS
+    ]
+    gets = [
+        api_gateway_event("http", "GET", f"/agents/bench-agent/memories/{k}", claims=claims) for k in KEYS
+    ]
+    items = json.dumps({"items": [{"key": KEYS[i], "value": VALUE, "ttl": 3600} for i in range(BATCH)]})
+    batch_put = api_gateway_event("http", "POST", "/agents/bench-agent/batch-put", items, claims=claims)
+    batch_get = api_gateway_event(
+        "http", "POST", "/agents/bench-agent/batch-get", json.dumps({"keys": KEYS[:BATCH]}), claims=claims
+    )
+    context = Context()
+
+    def calls(handler: Any) -> dict[str, Callable[[int], object]]:
+        def call(event: dict[str, Any]) -> None:
+            response = handler(event, context)
+            assert response["statusCode"] in (200, 201), response
+
+        return {
+            "put": lambda i: call(puts[i % 1000]),
+            "get": lambda i: call(gets[i % 1000]),
+            "batch_put": lambda _: call(batch_put),
+            "batch_get": lambda _: call(batch_get),
+        }
+
+    contenders = {name: calls(handler) for name, handler in handlers.items()}
+    return interleaved(
+        contenders, {"put": HANDLER_OPS, "get": HANDLER_OPS, "batch_put": BATCH_REPS, "batch_get": BATCH_REPS}
+    )
+
+
+def cold_start() -> tuple[float, float]:
+    probe = (
+        "import importlib.util, sys, time\nstarted = time.perf_counter()\n"
+        "if sys.argv[1] == 'web':\n    import aws_lambda_powertools, fastapi, mangum\n"
+        "else:\n    spec = importlib.util.spec_from_file_location('app', sys.argv[1])\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print((time.perf_counter() - started) * 1e3)\n"
+    )
+    app = str(REPO_ROOT / "functions" / "memory" / "app.py")
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "MEMORY_KEYS": "file:///nonexistent.json", "PATH": ""}
+
+    def once(target: str) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", probe, target], capture_output=True, text=True, env=env, cwd="/"
+        )
+        return float(out.stdout.strip())
+
+    return min(once("web") for _ in range(5)), min(once(app) for _ in range(5))
+
+
+def table(results: dict[str, Row], benchmark: dict[str, dict[str, float]] | None) -> str:
+    lines = [
+        "| contender | put ops/s | put p50 / p99 ms | get ops/s | get p50 / p99 ms "
+        "| batch-put 100 p50 / p99 ms | batch-get 100 p50 / p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in results.items():
+        cells = [name]
+        for op in ("put", "get"):
+            cells += [f"{row[op]['ops']:,.0f}", f"{row[op]['p50']:.3f} / {row[op]['p99']:.3f}"]
+        for op in ("batch_put", "batch_get"):
+            cells.append(f"{row[op]['p50']:.3f} / {row[op]['p99']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    for label, numbers in (benchmark or {}).items():
+        set_ops, get_ops = numbers["SET"], numbers["GET"]
+        lines.append(f"| {label} | {set_ops:,.0f} | | {get_ops:,.0f} | | | |")
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def main() -> None:
+    assert shutil.which("redis-server") and shutil.which("redis-benchmark"), "make system-tools"
+    with tempfile.TemporaryDirectory() as scratch:
+        process, port = start_redis(Path(scratch))
+        try:
+            # Before and after the data plane runs, their mean kept: the machine's load drifts.
+            before = [redis_benchmark(port, 1, 30_000), redis_benchmark(port, 100, 500_000)]
+            plane = data_plane(port)
+            after = [redis_benchmark(port, 1, 30_000), redis_benchmark(port, 100, 500_000)]
+            benchmark = {
+                label: {op: (first[op] + second[op]) / 2 for op in ("SET", "GET")}
+                for label, first, second in zip(
+                    ("redis-benchmark SET/GET `-c 1`", "redis-benchmark SET/GET `-c 1 -P 100`"),
+                    before,
+                    after,
+                    strict=True,
+                )
+            }
+            print(json.dumps(benchmark), flush=True)
+            handlers = handler_level(port, Path(scratch) / "keyring.json")
+        finally:
+            process.terminate()
+            process.wait()
+    web_ms, memory_ms = cold_start()
+
+    c1 = benchmark["redis-benchmark SET/GET `-c 1`"]
+    native = plane["aiinfra, native (Rust) codec"]
+    seed = plane["seed: redis-py + Fernet, one command per entry"]
+    pipelined = plane["redis-py + AES-GCM, pipelined batches"]
+    ours, straightforward = (
+        handlers["aiinfra memory function"],
+        handlers["straightforward FastAPI + Mangum + redis-py + AES-GCM"],
+    )
+    put_share, get_share = native["put"]["ops"] / c1["SET"], native["get"]["ops"] / c1["GET"]
+    batch_ms = native["batch_put"]["p50"]
+    targets = [
+        f"- single put / get at the data plane: {put_share:.0%} / {get_share:.0%} of redis-benchmark `-c 1` "
+        f"(target >= 80 %): put {verdict(put_share >= 0.8)}, get {verdict(get_share >= 0.8)}",
+        f"- batch-put of 100: {batch_ms:.3f} ms p50 (target <= 0.5 ms: {verdict(batch_ms <= 0.5)}), "
+        f"{seed['batch_put']['p50'] / batch_ms:.0f}x the seed (target >= 40x: "
+        f"{verdict(seed['batch_put']['p50'] / batch_ms >= 40)}), "
+        f"{pipelined['batch_put']['p50'] / batch_ms:.1f}x redis-py pipeline + AES-GCM (target >= 4x: "
+        f"{verdict(pipelined['batch_put']['p50'] / batch_ms >= 4)})",
+        f"- through the handler: put {ours['put']['ops'] / straightforward['put']['ops']:.1f}x, "
+        f"get {ours['get']['ops'] / straightforward['get']['ops']:.1f}x the straightforward handler "
+        f"(target >= 2x: put {verdict(ours['put']['ops'] >= 2 * straightforward['put']['ops'])}, "
+        f"get {verdict(ours['get']['ops'] >= 2 * straightforward['get']['ops'])}); "
+        f"get p99 {ours['get']['p99']:.3f} ms (target <= 0.5 ms: {verdict(ours['get']['p99'] <= 0.5)})",
+        f"- cold start: the memory function's module init {memory_ms:.0f} ms, the web stack alone (FastAPI + "
+        f"Mangum + Powertools) {web_ms:.0f} ms: ours adds {memory_ms - web_ms:.0f} ms "
+        f"(budget 350 - 270 = 80 ms: {verdict(memory_ms - web_ms <= 80)})",
+    ]
+    markdown = "\n".join(
+        [
+            "# Memory benchmark",
+            "",
+            f"`make bench-memory`, {machine()}, load average {os.getloadavg()[0]:.1f} at the end. "
+            "One local redis-server (no persistence), values of "
+            f"{len(orjson.dumps(VALUE))} bytes of JSON, one client thread; {SINGLE_OPS} single operations "
+            f"and {BATCH_REPS} batches of {BATCH} per contender, in {ROUNDS} interleaved rounds (so load "
+            "from elsewhere hits every contender alike), after a warm-up; "
+            "ops/s = operations / total time, so stalls count.",
+            "",
+            "## Data plane (no HTTP)",
+            "",
+            table(plane, benchmark),
+            "",
+            "## Through the Lambda handler (API Gateway HTTP API events, payload 2.0)",
+            "",
+            f"{HANDLER_OPS} single requests and {BATCH_REPS} batch requests each; our function checks the "
+            "JWT agents claim on every request, the straightforward handler has no authorization.",
+            "",
+            table(handlers, None),
+            "",
+            "## Targets",
+            "",
+            *targets,
+            "",
+            "Both data-plane paths of ours use the same lean RESP client (stdlib socket, no redis-py: its "
+            "import alone is ~100 ms of cold start); they differ only in the envelope codec. Single writes "
+            "are one EVALSHA (version check, SET PXAT, index update) where redis-benchmark sends a bare SET.",
+            "",
+        ]
+    )
+    write_report("memory", markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Agent memory routes: `/agents/{agent_id}/memories[/{key}]`, `batch-put`, `batch-get`.
+
+Authorization comes first (403 before any Redis call); every answer about one memory carries
+its `version` (also the `ETag`) and `expires_at`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+from starlette.responses import Response
+
+from aiinfra import snapstart
+from aiinfra.api.app import create_app, json_response
+from aiinfra.api.auth import principal
+from aiinfra.api.errors import (
+    Forbidden,
+    IntegrityFailure,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    Unauthorized,
+    Unavailable,
+    error_responses,
+)
+from aiinfra.config import (
+    MEMORY_MAX_TTL_SECONDS,
+    AuthSettings,
+    MemorySettings,
+    auth_settings,
+    memory_settings,
+)
+from aiinfra.memory import store as data
+from aiinfra.memory.envelope import IntegrityError
+from aiinfra.memory.keyring import KeyringError
+from aiinfra.memory.resp import RedisUnavailable
+from aiinfra.memory.schema import NAME_PATTERN
+from aiinfra.observability import MetricUnit, logger, metrics
+
+MAX_BATCH = 1000
+MAX_LIST = 1000
+_ETAG = re.compile(r'^(?:"([0-9a-f]{16})"|([0-9a-f]{16}))$')
+
+AgentId = Annotated[str, Path(pattern=NAME_PATTERN, description="`[A-Za-z0-9._-]{1,128}`")]
+Key = Annotated[str, Path(pattern=NAME_PATTERN, description="`[A-Za-z0-9._-]{1,128}`")]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema counts 60.0 as an integer; "60" and true are not numbers of seconds.
+    if isinstance(value, str | bool):
+        raise ValueError("must be a whole number of seconds")
+    return value
+
+
+def _header_schema(pattern: str, description: str) -> Callable[[dict[str, Any]], None]:
+    """A header is a string or absent: document it so, never as nullable (a header cannot be null)."""
+
+    def rewrite(schema: dict[str, Any]) -> None:
+        schema.clear()
+        schema.update(type="string", pattern=pattern, description=description)
+
+    return rewrite
+
+
+Seconds = Annotated[int, BeforeValidator(_whole_number), Field(gt=0, le=MEMORY_MAX_TTL_SECONDS)]
+IfMatch = Annotated[
+    str | None,
+    Header(
+        json_schema_extra=_header_schema(
+            r'^(\*|[0-9a-f]{16}|"[0-9a-f]{16}")$', 'a version, bare or quoted as its ETag, or "*" (exists)'
+        )
+    ),
+]
+IfNoneMatch = Annotated[
+    str | None, Header(json_schema_extra=_header_schema(r"^\*$", 'only "*": create, never replace'))
+]
+
+
+class PutMemory(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Any, not JsonValue: the body is parsed JSON already, and JsonValue re-walks it (~5 us per value).
+    value: Any = Field(description="any JSON")
+    ttl: Seconds | None = Field(default=None, description="seconds; default MEMORY_DEFAULT_TTL")
+
+
+class BatchItem(PutMemory):
+    key: Name
+
+
+class BatchPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BatchGet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    keys: list[Name] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class Written(BaseModel):
+    key: str
+    version: str
+    expires_at: str
+
+
+class MemoryOut(Written):
+    value: JsonValue
+
+
+class WrittenOne(Written):
+    agent_id: str
+
+
+class MemoryOne(MemoryOut):
+    agent_id: str
+
+
+class KeyPage(BaseModel):
+    keys: list[str]
+    cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
+
+
+class BatchWritten(BaseModel):
+    items: list[Written]
+
+
+class BatchRead(BaseModel):
+    items: list[MemoryOut]
+    missing: list[str]
+
+
+def _version(version: int) -> str:
+    return f"{version:016x}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _expires_at(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _written(memory: data.Memory) -> dict[str, Any]:
+    return {
+        "key": memory.key,
+        "version": _version(memory.version),
+        "expires_at": _expires_at(memory.expires_at_ms),
+    }
+
+
+def _read(memory: data.Memory) -> dict[str, Any]:
+    # The plaintext is JSON we wrote and the envelope authenticated: splice it, never re-parse it.
+    return {**_written(memory), "value": orjson.Fragment(memory.value_json)}
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{_version(version)}"'}
+
+
+def _condition(if_match: str | None, if_none_match: str | None) -> data.Condition:
+    if if_match is not None and if_none_match is not None:
+        _condition(if_match, None), _condition(None, if_none_match)  # each must still be well-formed
+        raise PreconditionFailed(
+            "If-Match and If-None-Match: * exclude each other: no memory can satisfy both"
+        )
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise InvalidRequest('If-None-Match accepts only "*"', param="If-None-Match")
+        return data.Condition("absent")
+    if if_match is None:
+        return data.Condition()
+    if if_match.strip() == "*":
+        return data.Condition("exists")
+    found = _ETAG.match(if_match.strip())
+    if found is None:
+        raise InvalidRequest(
+            "If-Match must be a version (16 hex digits), bare or quoted, or *", param="If-Match"
+        )
+    return data.Condition("match", int(found.group(1) or found.group(2), 16))
+
+
+def _value_json(value: JsonValue, limit: int, param: str) -> bytes:
+    try:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError as error:
+        raise InvalidRequest(f"{param}: {error}", param=param) from None
+    if len(encoded) > limit:
+        raise PayloadTooLarge(
+            f"{param} is {len(encoded)} bytes of JSON, over the limit of {limit}", param=param
+        )
+    return encoded
+
+
+def _unique(keys: list[str]) -> None:
+    if len(set(keys)) != len(keys):
+        raise InvalidRequest("keys must be unique within a batch", param="keys")
+
+
+@contextlib.contextmanager
+def _store_faults(agent_id: str) -> Iterator[None]:
+    """Maps the data plane's outcomes to API errors; a failed authentication is a security event."""
+    try:
+        yield
+    except data.MemoryNotFound as missing:
+        raise NotFound(f"agent {agent_id!r} has no memory {str(missing)!r}", param="key") from None
+    except data.PreconditionFailed:
+        raise PreconditionFailed("the memory's version does not match the precondition") from None
+    except IntegrityError as error:
+        logger().error(
+            "memory integrity failure: a stored value failed authentication",
+            extra={"security_event": "memory_integrity_failure", "agent_id": agent_id, "reason": str(error)},
+        )
+        metrics().add_metric(name="MemoryIntegrityFailures", unit=MetricUnit.Count, value=1)
+        raise IntegrityFailure("a stored memory failed authentication and was not returned") from None
+    except RedisUnavailable as error:
+        logger().warning("memory store unavailable", extra={"reason": str(error)})
+        raise Unavailable("the memory store is unavailable, retry shortly", retry_after_seconds=1) from None
+    except KeyringError as error:
+        logger().error("memory keyring unavailable", extra={"reason": str(error)})
+        raise Unavailable("the memory keyring is unavailable, retry shortly", retry_after_seconds=5) from None
+
+
+def router(
+    store: data.MemoryStore | None = None,
+    settings: MemorySettings | None = None,
+    auth: AuthSettings | None = None,
+) -> APIRouter:
+    """The memory routes over `store` (built from the environment when None)."""
+    settings = settings or memory_settings()
+    store = store or data.memory_store(settings)
+    # A snapshot must hold no live sockets: drop them before it, open fresh ones after each restore.
+    snapstart.before_snapshot(store.redis.close)
+    snapstart.after_restore(store.redis.close)
+    auth = auth or auth_settings()
+    routes = APIRouter(tags=["memory"])
+    # Routes are async on purpose: a Redis round trip is ~30 us, far less than the worker-thread
+    # hand-off a sync route costs per Lambda invocation (Mangum runs a fresh event loop each time).
+    one = error_responses(
+        Unauthorized, Forbidden, NotFound, PreconditionFailed, IntegrityFailure, Unavailable
+    )
+
+    def allow(request: Request, agent_id: str) -> None:
+        principal(request, auth).require_agent(agent_id)
+
+    @routes.put(
+        "/agents/{agent_id}/memories/{key}",
+        response_class=Response,
+        responses={200: {"model": WrittenOne}, 201: {"model": WrittenOne}, **one},
+    )
+    async def put_memory(
+        request: Request,
+        agent_id: AgentId,
+        key: Key,
+        body: PutMemory,
+        if_match: IfMatch = None,
+        if_none_match: IfNoneMatch = None,
+    ) -> Response:
+        allow(request, agent_id)
+        condition = _condition(if_match, if_none_match)
+        value = _value_json(body.value, settings.max_value_bytes, "value")
+        with _store_faults(agent_id):
+            memory, created = store.put(agent_id, key, value, body.ttl or settings.default_ttl, condition)
+        answer = {"agent_id": agent_id, **_written(memory)}
+        return json_response(answer, 201 if created else 200, _etag(memory.version))
+
+    @routes.get(
+        "/agents/{agent_id}/memories/{key}",
+        response_class=Response,
+        responses={200: {"model": MemoryOne}, **one},
+    )
+    async def get_memory(request: Request, agent_id: AgentId, key: Key) -> Response:
+        allow(request, agent_id)
+        with _store_faults(agent_id):
+            memory = store.get(agent_id, key)
+        return json_response({"agent_id": agent_id, **_read(memory)}, headers=_etag(memory.version))
+
+    @routes.delete(
+        "/agents/{agent_id}/memories/{key}", status_code=204, response_class=Response, responses=one
+    )
+    async def delete_memory(
+        request: Request, agent_id: AgentId, key: Key, if_match: IfMatch = None
+    ) -> Response:
+        allow(request, agent_id)
+        condition = _condition(if_match, None)
+        with _store_faults(agent_id):
+            store.delete(agent_id, key, condition)
+        return Response(status_code=204)
+
+    @routes.get(
+        "/agents/{agent_id}/memories", response_class=Response, responses={200: {"model": KeyPage}, **one}
+    )
+    async def list_memories(
+        request: Request,
+        agent_id: AgentId,
+        prefix: Annotated[str, Query(pattern=r"^[A-Za-z0-9._-]{0,128}$")] = "",
+        limit: Annotated[int, Query(ge=1, le=MAX_LIST)] = 100,
+        cursor: Annotated[str, Query(pattern=r"^[A-Za-z0-9._-]{0,128}$")] = "",
+    ) -> Response:
+        allow(request, agent_id)
+        with _store_faults(agent_id):
+            keys, next_cursor = store.list_keys(agent_id, prefix, limit, cursor)
+        return json_response({"keys": keys, "cursor": next_cursor})
+
+    @routes.post(
+        "/agents/{agent_id}/batch-put",
+        response_class=Response,
+        responses={200: {"model": BatchWritten}, **one},
+    )
+    async def batch_put(request: Request, agent_id: AgentId, body: BatchPut) -> Response:
+        allow(request, agent_id)
+        _unique([item.key for item in body.items])
+        items = [
+            (
+                item.key,
+                _value_json(item.value, settings.max_value_bytes, f"items.{i}.value"),
+                item.ttl or settings.default_ttl,
+            )
+            for i, item in enumerate(body.items)
+        ]
+        with _store_faults(agent_id):
+            memories = store.batch_put(agent_id, items)
+        return json_response({"items": [_written(memory) for memory in memories]})
+
+    @routes.post(
+        "/agents/{agent_id}/batch-get", response_class=Response, responses={200: {"model": BatchRead}, **one}
+    )
+    async def batch_get(request: Request, agent_id: AgentId, body: BatchGet) -> Response:
+        allow(request, agent_id)
+        _unique(body.keys)
+        with _store_faults(agent_id):
+            memories = store.batch_get(agent_id, body.keys)
+        found = [_read(memory) for memory in memories if memory is not None]
+        missing = [key for key, memory in zip(body.keys, memories, strict=True) if memory is None]
+        return json_response({"items": found, "missing": missing})
+
+    return routes
+
+
+def create_memory_app() -> FastAPI:
+    return create_app("aiinfra memory", [router()])

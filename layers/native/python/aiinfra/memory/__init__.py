@@ -1,0 +1,1 @@
+"""Agent memory: key schema, envelope format and keyring, the Redis data plane."""

@@ -1,0 +1,102 @@
+"""The memory envelope format and its pure-Python reference codec (`cryptography` AES-GCM).
+
+Layout, all integers big-endian (the Rust `aiinfra._native.EnvelopeCodec` writes the same bytes):
+
+    format u8 = 1 | version u64 | expires_at_ms u64 | key id length u8 | key id (ASCII)
+    | nonce (12 random bytes) | AES-256-GCM ciphertext | tag (16)
+
+Associated data = the header (format .. key id) followed by the full Redis key, so every byte is
+authenticated and a value copied under another key or agent fails to open. The version sits at a
+fixed offset (bytes 1..9) so a Lua script can compare it for If-Match without the key.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping
+
+from aiinfra._native import IntegrityError
+
+__all__ = ["FORMAT", "IntegrityError", "ReferenceCodec", "key_id_of", "version_bytes"]
+
+FORMAT = 1
+NONCE_LEN = 12
+TAG_LEN = 16
+KEY_LEN = 32
+_FIXED = struct.Struct(">BQQB")
+
+
+def version_bytes(version: int) -> bytes:
+    """The 8 bytes a stored envelope holds at offset 1: what If-Match scripts compare."""
+    return version.to_bytes(8, "big")
+
+
+def key_id_of(blob: bytes) -> str | None:
+    """The key id an envelope names (unauthenticated: only to pick what to rewrap)."""
+    if len(blob) < _FIXED.size or blob[0] != FORMAT:
+        return None
+    end = _FIXED.size + blob[_FIXED.size - 1]
+    return blob[_FIXED.size : end].decode("ascii", "replace")
+
+
+class ReferenceCodec:
+    """The envelope in plain Python: the specification the native codec is checked against."""
+
+    def __init__(self, keys: Mapping[str, bytes], current: str) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        if current not in keys:
+            raise ValueError(f"current key {current!r} is not in the keyring")
+        if any(len(key) != KEY_LEN for key in keys.values()):
+            raise ValueError(f"every key must be {KEY_LEN} bytes")
+        self._ciphers = {key_id: AESGCM(key) for key_id, key in keys.items()}
+        self.current_key_id = current
+
+    def seal(
+        self,
+        redis_key: bytes,
+        version: int,
+        expires_at_ms: int,
+        plaintext: bytes,
+        nonce: bytes | None = None,
+    ) -> bytes:
+        """`nonce` is for test vectors only; a real write always draws a fresh random one."""
+        key_id = self.current_key_id.encode("ascii")
+        header = _FIXED.pack(FORMAT, version, expires_at_ms, len(key_id)) + key_id
+        nonce = os.urandom(NONCE_LEN) if nonce is None else nonce
+        sealed = self._ciphers[self.current_key_id].encrypt(nonce, plaintext, header + redis_key)
+        return header + nonce + sealed
+
+    def open(self, redis_key: bytes, blob: bytes) -> tuple[int, int, bytes]:
+        from cryptography.exceptions import InvalidTag
+
+        if len(blob) < _FIXED.size or blob[0] != FORMAT:
+            raise IntegrityError("not an envelope of format 1")
+        _, version, expires_at_ms, key_id_len = _FIXED.unpack_from(blob)
+        header_len = _FIXED.size + key_id_len
+        if len(blob) < header_len + NONCE_LEN + TAG_LEN:
+            raise IntegrityError("envelope is truncated")
+        cipher = self._ciphers.get(blob[_FIXED.size : header_len].decode("ascii", "replace"))
+        if cipher is None:
+            raise IntegrityError("sealed with a key the keyring does not hold")
+        nonce = blob[header_len : header_len + NONCE_LEN]
+        try:
+            plaintext = cipher.decrypt(nonce, blob[header_len + NONCE_LEN :], blob[:header_len] + redis_key)
+        except InvalidTag:
+            raise IntegrityError("authentication failed") from None
+        return version, expires_at_ms, plaintext
+
+    def seal_many(self, items: list[tuple[bytes, int, int, bytes]]) -> list[bytes]:
+        return [self.seal(*item) for item in items]
+
+    def open_many(
+        self, redis_keys: list[bytes], blobs: list[bytes | None]
+    ) -> list[tuple[int, int, bytes] | None]:
+        opened: list[tuple[int, int, bytes] | None] = []
+        for redis_key, blob in zip(redis_keys, blobs, strict=True):
+            try:
+                opened.append(None if blob is None else self.open(redis_key, blob))
+            except IntegrityError as error:
+                raise IntegrityError(f"{redis_key.decode(errors='replace')}: {error}") from None
+        return opened

@@ -1,0 +1,309 @@
+"""The memory data plane: versioned, expiring, encrypted entries of one agent in Redis.
+
+A single write is one Lua script (one round trip, atomic): If-Match / If-None-Match are checked
+against the version at bytes 1..9 of the stored envelope, the value is written with PXAT and
+the agent's key index updated. A batch put is one MULTI/EXEC: all of its items or none.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from aiinfra.config import MemorySettings
+from aiinfra.memory.envelope import IntegrityError, key_id_of, version_bytes
+from aiinfra.memory.keyring import load_keyring
+from aiinfra.memory.resp import Arg, RedisClient, RedisError, RedisUnavailable, Script
+from aiinfra.memory.schema import index_key, memory_key, memory_prefix
+
+# The index outlives every entry it lists: no entry lives longer than 30 days past its write.
+INDEX_TTL_MS = 31 * 24 * 3600 * 1000
+
+
+class Codec(Protocol):
+    """The envelope codec: `aiinfra._native.EnvelopeCodec` or the reference `ReferenceCodec`."""
+
+    @property
+    def current_key_id(self) -> str: ...
+    def seal(self, redis_key: bytes, version: int, expires_at_ms: int, plaintext: bytes) -> bytes: ...
+    def open(self, redis_key: bytes, blob: bytes) -> tuple[int, int, bytes]: ...
+    def seal_many(self, items: list[tuple[bytes, int, int, bytes]]) -> list[bytes]: ...
+    def open_many(
+        self, redis_keys: list[bytes], blobs: list[bytes | None]
+    ) -> list[tuple[int, int, bytes] | None]: ...
+
+
+class PreconditionFailed(Exception):
+    """If-Match named another version, If-None-Match: * found one, or If-Match: * found none."""
+
+
+class MemoryNotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A write precondition: `any`, `absent` (If-None-Match: *), `exists` (If-Match: *) or `match`."""
+
+    mode: str = "any"
+    version: int = 0
+
+
+class Memory(NamedTuple):
+    """One memory as stored; a tuple because batches build hundreds of them per request."""
+
+    key: str
+    version: int
+    expires_at_ms: int
+    value_json: bytes = b""
+
+
+_PUT = Script(
+    """
+local cur = redis.call('GET', KEYS[1])
+local mode = ARGV[3]
+if (mode == 'absent' and cur) or (mode == 'exists' and not cur)
+   or (mode == 'match' and (not cur or string.sub(cur, 2, 9) ~= ARGV[4])) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
+redis.call('ZADD', KEYS[2], 0, ARGV[5])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+if cur then return 1 end
+return 2
+"""
+)
+
+_DELETE = Script(
+    """
+local cur = redis.call('GET', KEYS[1])
+if not cur then return -1 end
+if ARGV[1] == 'match' and string.sub(cur, 2, 9) ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+return 1
+"""
+)
+
+# Pages the index by name after the cursor, dropping names whose entry has expired, and stops
+# after `limit` live names plus one more (which only says whether another page exists).
+_LIST = Script(
+    """
+local prefix, after, limit, base = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local lo = '[' .. prefix
+if after ~= '' and after >= prefix then lo = '(' .. after end
+local hi = '+'
+if prefix ~= '' then hi = '[' .. prefix .. '\\255' end
+local live = {}
+while #live <= limit do
+  local names = redis.call('ZRANGE', KEYS[1], lo, hi, 'BYLEX', 'LIMIT', 0, limit + 1)
+  if #names == 0 then break end
+  for _, name in ipairs(names) do
+    if redis.call('EXISTS', base .. name) == 1 then
+      live[#live + 1] = name
+      if #live > limit then break end
+    else
+      redis.call('ZREM', KEYS[1], name)
+    end
+  end
+  lo = '(' .. names[#names]
+end
+return live
+"""
+)
+
+# Replaces each blob only if it is still the one that was read: a concurrent write wins.
+_SWAP = Script(
+    """
+local swapped = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[2 * i - 1] then
+    redis.call('SET', KEYS[i], ARGV[2 * i], 'KEEPTTL')
+    swapped = swapped + 1
+  end
+end
+return swapped
+"""
+)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _new_version() -> int:
+    return int.from_bytes(os.urandom(8), "big") or 1
+
+
+class MemoryStore:
+    """One Redis, one keyring: what the memory routes and the `rewrap` command act through."""
+
+    def __init__(
+        self, redis: RedisClient, load_codec: Callable[[], Codec], keyring_reload_seconds: float = 5.0
+    ) -> None:
+        self.redis = redis
+        self.keyring_reload_seconds = keyring_reload_seconds
+        # The keyring may need Redis (kms://): it loads on first use, so init survives Redis being down.
+        self._load_codec = load_codec
+        self._codec: Codec | None = None
+        self._codec_lock = threading.Lock()
+        self._loaded_at = time.monotonic()
+
+    @property
+    def codec(self) -> Codec:
+        if self._codec is None:
+            with self._codec_lock:
+                if self._codec is None:
+                    self._codec = self._load_codec()
+        return self._codec
+
+    def reload_keyring(self) -> None:
+        """Forgets the loaded keyring: the next request loads it again (after a rotation)."""
+        with self._codec_lock:
+            self._codec = None
+            self._loaded_at = time.monotonic()
+
+    def _open_many(
+        self, redis_keys: list[bytes], blobs: list[bytes | None]
+    ) -> list[tuple[int, int, bytes] | None]:
+        try:
+            return self.codec.open_many(redis_keys, blobs)
+        except IntegrityError:
+            # Another instance may seal with a key rotated in after our keyring loaded: reload once,
+            # at most every few seconds so forged values cannot make us hammer KMS.
+            if time.monotonic() - self._loaded_at < self.keyring_reload_seconds:
+                raise
+            self.reload_keyring()
+            return self.codec.open_many(redis_keys, blobs)
+
+    def put(
+        self, agent_id: str, key: str, value_json: bytes, ttl: int, condition: Condition
+    ) -> tuple[Memory, bool]:
+        """Writes one memory; answers it and whether it was created (vs. replaced)."""
+        redis_key = memory_key(agent_id, key)
+        version, expires = _new_version(), _now_ms() + ttl * 1000
+        blob = self.codec.seal(redis_key, version, expires, value_json)
+        args: list[Arg] = [blob, expires, condition.mode, version_bytes(condition.version), key, INDEX_TTL_MS]
+        outcome = self._run(_PUT, [redis_key, index_key(agent_id)], args)
+        if outcome == 0:
+            raise PreconditionFailed(key)
+        return Memory(key, version, expires), outcome == 2
+
+    def get(self, agent_id: str, key: str) -> Memory:
+        redis_key = memory_key(agent_id, key)
+        blob = self._call("GET", redis_key)
+        if blob is None:
+            raise MemoryNotFound(key)
+        [opened] = self._open_many([redis_key], [blob])
+        assert opened is not None
+        return Memory(key, *opened)
+
+    def delete(self, agent_id: str, key: str, condition: Condition) -> None:
+        args: list[Arg] = [condition.mode, version_bytes(condition.version), key]
+        outcome = self._run(_DELETE, [memory_key(agent_id, key), index_key(agent_id)], args)
+        if outcome == -1:
+            raise MemoryNotFound(key)
+        if outcome == 0:
+            raise PreconditionFailed(key)
+
+    def list_keys(self, agent_id: str, prefix: str, limit: int, cursor: str) -> tuple[list[str], str | None]:
+        """Up to `limit` live keys after `cursor`, by name; the next cursor, or None at the end."""
+        args: list[Arg] = [prefix, cursor, limit, memory_prefix(agent_id)]
+        names = [name.decode() for name in self._run(_LIST, [index_key(agent_id)], args)]
+        if len(names) > limit:
+            return names[:limit], names[limit - 1]
+        return names, None
+
+    def batch_put(self, agent_id: str, items: Sequence[tuple[str, bytes, int]]) -> list[Memory]:
+        """Writes `(key, value_json, ttl)` items atomically: after a fault, none of them or all."""
+        now = _now_ms()
+        randomness = os.urandom(8 * len(items))
+        memories = [
+            Memory(key, int.from_bytes(randomness[8 * i : 8 * i + 8], "big") or 1, now + ttl * 1000)
+            for i, (key, _, ttl) in enumerate(items)
+        ]
+        redis_keys = [memory_key(agent_id, key) for key, _, _ in items]
+        blobs = self.codec.seal_many(
+            [
+                (redis_key, memory.version, memory.expires_at_ms, item[1])
+                for redis_key, memory, item in zip(redis_keys, memories, items, strict=True)
+            ]
+        )
+        # MULTI/EXEC, not Lua: Redis runs 100 native SETs in ~40 us, the same SETs from a script in ~200 us.
+        # A fault before EXEC discards the queue; EXEC applies every command or none.
+        members: list[Arg] = ["ZADD", index_key(agent_id)]
+        commands: list[list[Arg]] = [["MULTI"]]
+        for redis_key, memory, blob in zip(redis_keys, memories, blobs, strict=True):
+            commands.append(["SET", redis_key, blob, "PXAT", memory.expires_at_ms])
+            members += (0, memory.key)
+        commands += [members, ["PEXPIRE", index_key(agent_id), INDEX_TTL_MS], ["EXEC"]]
+        executed = self.redis.pipeline(commands, index_key(agent_id))[-1]
+        if not isinstance(executed, list) or any(isinstance(reply, RedisError) for reply in executed):
+            raise RedisUnavailable(f"redis refused the batch: {str(executed).split(' ')[0]}")
+        return memories
+
+    def batch_get(self, agent_id: str, keys: Sequence[str]) -> list[Memory | None]:
+        redis_keys = [memory_key(agent_id, key) for key in keys]
+        blobs = self._call("MGET", *redis_keys)
+        opened = self._open_many(redis_keys, blobs)
+        return [None if item is None else Memory(key, *item) for key, item in zip(keys, opened, strict=True)]
+
+    def rewrap(self, agent_id: str, page: int = 500) -> int:
+        """Re-seals the agent's entries that an older key sealed with the current one; keeps
+        versions and expiry. Answers how many entries moved to the current key."""
+        current = self.codec.current_key_id
+        moved, cursor = 0, ""
+        while True:
+            keys, next_cursor = self.list_keys(agent_id, "", page, cursor)
+            redis_keys = [memory_key(agent_id, key) for key in keys]
+            blobs = self._call("MGET", *redis_keys) if keys else []
+            stale = [
+                (redis_key, blob)
+                for redis_key, blob in zip(redis_keys, blobs, strict=True)
+                if blob is not None and key_id_of(blob) != current
+            ]
+            if stale:
+                opened = self._open_many([k for k, _ in stale], [b for _, b in stale])
+                resealed = self.codec.seal_many(
+                    [(k, *item) for (k, _), item in zip(stale, opened, strict=True) if item is not None]
+                )
+                args: list[Arg] = [
+                    part for (_, old), new in zip(stale, resealed, strict=True) for part in (old, new)
+                ]
+                moved += self._run(_SWAP, [k for k, _ in stale], args)
+            if next_cursor is None:
+                return moved
+            cursor = next_cursor
+
+    def _call(self, *args: Arg) -> Any:
+        try:
+            return self.redis.call(*args)
+        except RedisError as error:
+            raise RedisUnavailable(f"redis refused {args[0]!r}: {str(error).split(' ')[0]}") from None
+
+    def _run(self, script: Script, keys: Sequence[bytes], args: Sequence[Arg]) -> Any:
+        try:
+            return self.redis.run(script, keys, args)
+        except RedisError as error:
+            raise RedisUnavailable(f"redis refused a script: {str(error).split(' ')[0]}") from None
+
+
+def memory_store(settings: MemorySettings) -> MemoryStore:
+    """The store the settings name: one pooled Redis client, the keyring loaded on first use."""
+    redis = RedisClient(settings.redis_url, settings.redis_timeout)
+    return MemoryStore(redis, lambda: load_keyring(settings.keys_uri, redis).codec())
+
+
+__all__ = [
+    "Condition",
+    "IntegrityError",
+    "Memory",
+    "MemoryNotFound",
+    "MemoryStore",
+    "PreconditionFailed",
+    "memory_store",
+]

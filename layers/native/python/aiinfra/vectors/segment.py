@@ -1,0 +1,178 @@
+"""`Segment`: one immutable part of an index, on disk as a directory of files.
+
+vectors.faiss   the rows as a FAISS flat index (exact search, compaction), memory-mapped
+index.faiss     base segments only: the index built from the factory string, memory-mapped
+items.json      external ids, tombstones, metadata column names and vocabularies
+metadata.jsonl  one JSON object per row, with metadata.offsets.npy to read a row without parsing all
+num-<i>.npy / tok-<i>.npy   columnar metadata for the filter (float64, NaN = absent; uint32 codes)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+import orjson
+
+from aiinfra._native import MetadataColumns
+from aiinfra.vectors.filter import is_number, token
+from aiinfra.vectors.manifest import Metric, SegmentRef
+
+ABSENT_CODE = np.uint32(0xFFFFFFFF)
+MMAP_FLAGS = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+
+
+class CorruptSegment(Exception):
+    """A segment's files are truncated or unreadable."""
+
+
+def faiss_metric(metric: Metric) -> int:
+    return int(faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+
+
+def flat_index(dimension: int, metric: Metric) -> faiss.Index:
+    return faiss.IndexFlatL2(dimension) if metric == "l2" else faiss.IndexFlatIP(dimension)
+
+
+def write_segment(
+    directory: Path,
+    segment_id: str,
+    *,
+    dimension: int,
+    metric: Metric,
+    ids: list[str],
+    vectors: np.ndarray,
+    metadata: list[dict[str, Any]],
+    kind: Literal["base", "delta"],
+    tombstones: Sequence[str] = (),
+    index: faiss.Index | None = None,
+) -> SegmentRef:
+    """Write a segment's files into `directory`; `vectors` already normalised for cosine."""
+    flat = flat_index(dimension, metric)
+    if len(ids):
+        flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    faiss.write_index(flat, str(directory / "vectors.faiss"))
+    if index is not None:
+        faiss.write_index(index, str(directory / "index.faiss"))
+    rows = [orjson.dumps(m) for m in metadata]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    (directory / "metadata.jsonl").write_bytes(b"".join(rows))
+    np.save(directory / "metadata.offsets.npy", offsets)
+    numeric, vocabularies = _write_columns(directory, metadata)
+    items = {"ids": ids, "tombstones": list(tombstones), "numeric": numeric, "tokens": vocabularies}
+    (directory / "items.json").write_bytes(orjson.dumps(items))
+    return SegmentRef(
+        id=segment_id,
+        kind=kind,
+        rows=len(ids),
+        tombstones=len(tombstones),
+        files={p.name: p.stat().st_size for p in sorted(directory.iterdir())},
+    )
+
+
+def _write_columns(directory: Path, metadata: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[str]]]:
+    n = len(metadata)
+    keys = sorted({key for row in metadata for key in row})
+    numeric: list[str] = []
+    vocabularies: dict[str, list[str]] = {}
+    for key in keys:
+        values = [row.get(key, _MISSING) for row in metadata]
+        if any(is_number(v) for v in values):
+            column = np.array([float(v) if is_number(v) else np.nan for v in values], dtype="<f8")
+            np.save(directory / f"num-{len(numeric)}.npy", column)
+            numeric.append(key)
+        present = [token(v) for v in values if v is not _MISSING and not is_number(v)]
+        if present:
+            vocabulary = sorted(set(present))
+            code_of = {t: i for i, t in enumerate(vocabulary)}
+            codes = np.full(n, ABSENT_CODE, dtype="<u4")
+            for row, v in enumerate(values):
+                if v is not _MISSING and not is_number(v):
+                    codes[row] = code_of[token(v)]
+            np.save(directory / f"tok-{len(vocabularies)}.npy", codes)
+            vocabularies[key] = vocabulary
+    return numeric, vocabularies
+
+
+_MISSING = object()
+
+
+@dataclass
+class Segment:
+    """A loaded segment: FAISS indexes memory-mapped, ids and columns in memory."""
+
+    ref: SegmentRef
+    ids: np.ndarray  # external ids (object array), so a result's rows map to ids in one step
+    tombstones: list[str]
+    flat: faiss.Index
+    index: faiss.Index | None
+    columns: MetadataColumns
+    metadata_blob: np.ndarray
+    metadata_offsets: np.ndarray
+
+    def __post_init__(self) -> None:
+        self._rows: dict[str, int] | None = None
+        self._lock = threading.Lock()
+
+    def row_of(self, item_id: str) -> int | None:
+        if self._rows is None:
+            with self._lock:
+                if self._rows is None:  # built on first need only: a compacted index never pays for it
+                    self._rows = {item_id: row for row, item_id in enumerate(self.ids)}
+        return self._rows.get(item_id)
+
+    def metadata(self, row: int) -> dict[str, Any]:
+        start, end = int(self.metadata_offsets[row]), int(self.metadata_offsets[row + 1])
+        value: dict[str, Any] = orjson.loads(self.metadata_blob[start:end].tobytes())
+        return value
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            return np.zeros((0, self.flat.d), dtype=np.float32)
+        found: np.ndarray = self.flat.reconstruct_batch(rows.astype(np.int64))
+        return found
+
+
+def read_segment(directory: Path, ref: SegmentRef, dimension: int) -> Segment:
+    """Load a segment, refusing it (CorruptSegment) when a file is missing, truncated or unreadable."""
+    for name, size in ref.files.items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != size:
+            raise CorruptSegment(f"segment {ref.id}: {name} is missing or not {size} bytes")
+    try:
+        items = orjson.loads((directory / "items.json").read_bytes())
+        flat = faiss.read_index(str(directory / "vectors.faiss"), MMAP_FLAGS)
+        index = None
+        if (directory / "index.faiss").is_file():
+            index = faiss.read_index(str(directory / "index.faiss"), MMAP_FLAGS)
+        n = len(items["ids"])
+        if flat.ntotal != n or flat.d != dimension or (index is not None and index.ntotal != n):
+            raise CorruptSegment(f"segment {ref.id}: row counts or dimension disagree with its ids")
+        numeric = [
+            (key, np.load(directory / f"num-{i}.npy").astype("<f8").tobytes())
+            for i, key in enumerate(items["numeric"])
+        ]
+        tokens = [
+            (key, list(vocabulary), np.load(directory / f"tok-{i}.npy").astype("<u4").tobytes())
+            for i, (key, vocabulary) in enumerate(items["tokens"].items())
+        ]
+        columns = MetadataColumns(n, numeric, tokens)
+        blob = (
+            np.memmap(directory / "metadata.jsonl", dtype=np.uint8, mode="r")
+            if ref.files.get("metadata.jsonl")
+            else np.zeros(0, dtype=np.uint8)
+        )
+        offsets = np.load(directory / "metadata.offsets.npy", mmap_mode="r")
+    except CorruptSegment:
+        raise
+    except (RuntimeError, ValueError, OSError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
+        raise CorruptSegment(f"segment {ref.id}: unreadable ({exc})") from exc
+    ids = np.empty(n, dtype=object)
+    ids[:] = items["ids"]
+    return Segment(ref, ids, items["tombstones"], flat, index, columns, blob, offsets)

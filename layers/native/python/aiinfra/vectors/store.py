@@ -1,0 +1,246 @@
+"""Index stores: where manifests and segments live (`file://dir` or `s3://bucket/prefix`).
+
+The manifest is replaced only by a conditional write: an atomic rename under a lock on
+file://, `If-Match` / `If-None-Match` on S3. Segments are immutable once put.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiinfra.api.errors import Unavailable
+
+MANIFEST = "manifest.json"
+
+
+class ManifestConflict(Exception):
+    """The conditional manifest write lost: someone else wrote first."""
+
+
+class SegmentMissing(Exception):
+    """A segment named by the manifest is not in the store."""
+
+
+class IndexStore(Protocol):
+    def read_manifest(self, name: str) -> tuple[bytes, str] | None:
+        """The manifest bytes and their version tag, or None when the index does not exist."""
+
+    def write_manifest(self, name: str, body: bytes, expected: str | None) -> None:
+        """Replace the manifest if its tag is still `expected` (None: if absent), else ManifestConflict."""
+
+    def delete_manifest(self, name: str) -> None: ...
+
+    def scratch(self) -> contextlib.AbstractContextManager[Path]:
+        """A temporary directory to build a segment in, cheap to hand to `put_segment`."""
+
+    def put_segment(self, name: str, segment_id: str, built: Path) -> None: ...
+
+    def segment_dir(self, name: str, segment_id: str) -> Path:
+        """A local directory holding the segment's files (downloaded and cached when remote)."""
+
+    def delete_segments(self, name: str, segment_ids: list[str]) -> None: ...
+
+    def list_indexes(self) -> list[str]: ...
+
+
+def new_segment_id() -> str:
+    return uuid.uuid4().hex
+
+
+class FileStore:
+    """`file://root`: root/<name>/manifest.json and root/<name>/segments/<id>/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _manifest_tag(self, body: bytes) -> str:
+        return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        index_dir = self.root / name
+        index_dir.mkdir(exist_ok=True)
+        with open(index_dir / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read_manifest(self, name: str) -> tuple[bytes, str] | None:
+        try:
+            body = (self.root / name / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            return None
+        return body, self._manifest_tag(body)
+
+    def write_manifest(self, name: str, body: bytes, expected: str | None) -> None:
+        with self._locked(name):
+            current = self.read_manifest(name)
+            if (current[1] if current else None) != expected:
+                raise ManifestConflict(name)
+            staged = self.root / name / f".{MANIFEST}.{uuid.uuid4().hex}"
+            with open(staged, "wb") as out:
+                out.write(body)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(staged, self.root / name / MANIFEST)
+
+    def delete_manifest(self, name: str) -> None:
+        with self._locked(name):
+            (self.root / name / MANIFEST).unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        # Under the root, so that put_segment is a rename on the same file system.
+        staging = self.root / ".scratch"
+        staging.mkdir(exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=staging) as path:
+            yield Path(path)
+
+    def put_segment(self, name: str, segment_id: str, built: Path) -> None:
+        segments = self.root / name / "segments"
+        segments.mkdir(parents=True, exist_ok=True)
+        target = segments / segment_id
+        try:
+            os.rename(built, target)
+        except OSError:
+            shutil.copytree(built, target)
+        built.mkdir(exist_ok=True)  # the scratch context removes its directory on exit
+
+    def segment_dir(self, name: str, segment_id: str) -> Path:
+        path = self.root / name / "segments" / segment_id
+        if not path.is_dir():
+            raise SegmentMissing(f"segment {segment_id} of index {name!r} is missing from {self.root}")
+        return path
+
+    def delete_segments(self, name: str, segment_ids: list[str]) -> None:
+        for segment_id in segment_ids:
+            shutil.rmtree(self.root / name / "segments" / segment_id, ignore_errors=True)
+
+    def list_indexes(self) -> list[str]:
+        return sorted(p.parent.name for p in self.root.glob(f"*/{MANIFEST}"))
+
+
+class S3Store:
+    """`s3://bucket/prefix`: <prefix>/<name>/manifest.json and <prefix>/<name>/segments/<id>/<file>."""
+
+    def __init__(self, bucket: str, prefix: str, client: Any = None, cache_dir: Path | None = None) -> None:
+        import boto3
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client if client is not None else boto3.client("s3")
+        self.cache_dir = cache_dir or Path(tempfile.gettempdir()) / "aiinfra-indexes" / bucket / self.prefix
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(part for part in (self.prefix, *parts) if part)
+
+    @contextlib.contextmanager
+    def _s3(self, action: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            if error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                raise ManifestConflict(action) from exc
+            raise Unavailable(f"S3 {action} failed: {error.get('Code')} {error.get('Message', '')}") from exc
+        except BotoCoreError as exc:
+            raise Unavailable(f"S3 {action} failed: {exc}") from exc
+
+    def read_manifest(self, name: str) -> tuple[bytes, str] | None:
+        with self._s3("read manifest"):
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=self._key(name, MANIFEST))
+            except self.client.exceptions.NoSuchKey:
+                return None
+            return answer["Body"].read(), str(answer["ETag"])
+
+    def write_manifest(self, name: str, body: bytes, expected: str | None) -> None:
+        condition = {"IfMatch": expected} if expected is not None else {"IfNoneMatch": "*"}
+        with self._s3("write manifest"):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(name, MANIFEST), Body=body, **condition
+                )
+            except self.client.exceptions.NoSuchKey as exc:
+                raise ManifestConflict(name) from exc  # If-Match on a manifest deleted meanwhile
+
+    def delete_manifest(self, name: str) -> None:
+        with self._s3("delete manifest"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(name, MANIFEST))
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory() as path:
+            yield Path(path)
+
+    def put_segment(self, name: str, segment_id: str, built: Path) -> None:
+        with self._s3("put segment"):
+            for file in sorted(built.iterdir()):
+                self.client.upload_file(
+                    str(file), self.bucket, self._key(name, "segments", segment_id, file.name)
+                )
+
+    def segment_dir(self, name: str, segment_id: str) -> Path:
+        target = self.cache_dir / name / segment_id
+        if target.is_dir():
+            return target
+        prefix = self._key(name, "segments", segment_id) + "/"
+        with self._s3("get segment"):
+            listing = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
+            keys = [item["Key"] for item in listing.get("Contents", [])]
+            if not keys:
+                raise SegmentMissing(
+                    f"segment {segment_id} of index {name!r} is missing from s3://{self.bucket}"
+                )
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=target.parent))
+            for key in keys:
+                self.client.download_file(self.bucket, key, str(staging / key.rsplit("/", 1)[1]))
+        try:
+            os.rename(staging, target)
+        except OSError:  # another thread cached it first; segments are immutable, so either copy serves
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def delete_segments(self, name: str, segment_ids: list[str]) -> None:
+        with self._s3("delete segments"):
+            for segment_id in segment_ids:
+                listing = self.client.list_objects_v2(
+                    Bucket=self.bucket, Prefix=self._key(name, "segments", segment_id) + "/"
+                )
+                for item in listing.get("Contents", []):
+                    self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
+
+    def list_indexes(self) -> list[str]:
+        names: list[str] = []
+        with self._s3("list indexes"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key() + "/" if self.prefix else "", Delimiter="/"
+            )
+            for page in pages:
+                for common in page.get("CommonPrefixes", []):
+                    name = common["Prefix"].rstrip("/").rsplit("/", 1)[-1]
+                    names.append(name)
+        return sorted(names)
+
+
+def open_store(url: str) -> IndexStore:
+    """The store an `INDEX_STORE` URL names (validated by config.search_settings)."""
+    if url.startswith("file://"):
+        return FileStore(Path(url.removeprefix("file://")))
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    return S3Store(bucket, prefix)

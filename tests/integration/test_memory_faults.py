@@ -1,0 +1,179 @@
+"""Concurrency and faults against real redis-servers: no lost update, no half batch, 503 then recovery."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from aiinfra.memory.resp import RedisUnavailable
+from aiinfra.memory.schema import index_key, memory_key
+from aiinfra.memory.store import Condition, MemoryStore, PreconditionFailed, memory_store
+from fastapi.testclient import TestClient
+
+from tests.support.memory import memory_app, memory_settings_for
+from tests.support.redis_server import RedisServer, free_port
+
+
+def test_read_modify_write_with_if_match_loses_no_increment(store: MemoryStore, agent: str) -> None:
+    store.put(agent, "counter", b"0", 600, Condition())
+    threads, increments = 8, 25
+    conflicts = [0] * threads
+
+    def worker(slot: int) -> None:
+        for _ in range(increments):
+            while True:
+                current = store.get(agent, "counter")
+                value = int(current.value_json) + 1
+                try:
+                    store.put(agent, "counter", b"%d" % value, 600, Condition("match", current.version))
+                    break
+                except PreconditionFailed:
+                    conflicts[slot] += 1
+
+    pool = [threading.Thread(target=worker, args=(slot,)) for slot in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    assert int(store.get(agent, "counter").value_json) == threads * increments
+    assert sum(conflicts) > 0  # the threads really raced; If-Match turned every race into a retry
+
+
+def test_batch_put_interrupted_by_killing_redis_leaves_none_of_its_items(
+    redis_factory: Callable[[], RedisServer], keyring_uri: str, agent: str
+) -> None:
+    server = redis_factory()
+    store = memory_store(memory_settings_for(server.url, keyring_uri, timeout=10))
+    store.put(agent, "before", b'"kept"', 600, Condition())
+    items = [(f"item-{i:04d}", orjson.dumps({"i": i, "pad": "x" * 2000}), 600) for i in range(1000)]
+    outcome: list[BaseException] = []
+
+    def batch() -> None:
+        try:
+            store.batch_put(agent, items)
+        except BaseException as error:
+            outcome.append(error)
+
+    server.pause()  # the batch is sent but never executed: then the server dies under it
+    thread = threading.Thread(target=batch)
+    thread.start()
+    time.sleep(0.5)
+    server.kill()
+    thread.join(timeout=20)
+    assert len(outcome) == 1 and isinstance(outcome[0], RedisUnavailable)
+
+    server.start()  # same port and data directory: the AOF holds everything acknowledged
+    raw = redis.Redis.from_url(server.url)
+    assert raw.get(memory_key(agent, "before")) is not None
+    assert raw.mget([memory_key(agent, key) for key, _, _ in items]) == [None] * len(items)
+    assert raw.zrange(index_key(agent), 0, -1) == [b"before"]
+    # The same store instance writes the whole batch once Redis is back.
+    assert len(store.batch_put(agent, items)) == 1000
+    assert None not in raw.mget([memory_key(agent, key) for key, _, _ in items])
+    raw.close()
+
+
+def test_redis_down_is_503_with_retry_after_and_the_same_app_recovers(
+    redis_factory: Callable[[], RedisServer], keyring_uri: str, agent: str
+) -> None:
+    server = redis_factory()
+    client = TestClient(memory_app(memory_settings_for(server.url, keyring_uri, timeout=0.5)))
+    url = f"/agents/{agent}/memories/k"
+    assert client.put(url, json={"value": 1}).status_code == 201
+    server.kill()
+    for method, path, body in [
+        ("GET", url, None),
+        ("PUT", url, {"value": 2}),
+        ("DELETE", url, None),
+        ("GET", f"/agents/{agent}/memories", None),
+        ("POST", f"/agents/{agent}/batch-put", {"items": [{"key": "b", "value": 1}]}),
+        ("POST", f"/agents/{agent}/batch-get", {"keys": ["k"]}),
+    ]:
+        response = client.request(method, path, json=body)
+        assert response.status_code == 503, (method, path)
+        assert response.headers["retry-after"] == "1"
+        assert response.json()["error"]["type"] == "service_unavailable"
+    server.start()
+    assert client.get(url).json()["value"] == 1  # the PUT during the outage wrote nothing
+    assert client.put(url, json={"value": 3}).status_code == 200
+
+
+def test_a_hung_redis_is_503_after_the_timeout(
+    redis_factory: Callable[[], RedisServer], keyring_uri: str, agent: str
+) -> None:
+    server = redis_factory()
+    client = TestClient(memory_app(memory_settings_for(server.url, keyring_uri, timeout=0.3)))
+    url = f"/agents/{agent}/memories/k"
+    assert client.put(url, json={"value": 1}).status_code == 201
+    server.pause()
+    started = time.monotonic()
+    response = client.get(url)
+    assert response.status_code == 503 and time.monotonic() - started < 2
+    server.resume()
+    assert client.get(url).json()["value"] == 1
+
+
+def test_redis_url_with_acl_user_and_password(
+    redis_factory: Callable[..., RedisServer], keyring_uri: str, agent: str
+) -> None:
+    server = redis_factory("--user", "app", "on", ">s3cr%t", "~*", "&*", "+@all", "--user", "default", "off")
+    url = f"redis://app:s3cr%25t@127.0.0.1:{server.port}/3"
+    store = memory_store(memory_settings_for(url, keyring_uri))
+    store.put(agent, "k", b"1", 60, Condition())
+    assert store.get(agent, "k").value_json == b"1"
+    assert redis.Redis(port=server.port, username="app", password="s3cr%t", db=3).exists(
+        memory_key(agent, "k")
+    )
+    wrong = memory_store(memory_settings_for(url.replace("s3cr%25t", "nope"), keyring_uri))
+    with pytest.raises(RedisUnavailable, match="refused the connection set-up"):
+        wrong.get(agent, "k")
+
+
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])
+def test_redis_url_forms(scheme: str) -> None:
+    from aiinfra.memory.resp import RedisAddress
+
+    address = RedisAddress.from_url(f"{scheme}://app%40x:p%3Ass@cache.example:6380/2")
+    assert (address.host, address.port, address.db) == ("cache.example", 6380, 2)
+    assert (address.username, address.password, address.tls) == ("app@x", "p:ss", scheme == "rediss")
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for localhost / 127.0.0.1, made by openssl."""
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for command in (
+        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca",
+        "req -newkey rsa:2048 -nodes -keyout s.key -out s.csr -subj /CN=localhost",
+        "x509 -req -in s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out s.pem -days 1 -extfile san.ext",
+    ):
+        subprocess.run(["openssl", *command.split()], check=True, capture_output=True, cwd=directory)
+    return directory / "ca.pem", directory / "s.pem", directory / "s.key"
+
+
+def test_rediss_url_speaks_tls_and_verifies_the_server(
+    redis_factory: Callable[..., RedisServer],
+    keyring_uri: str,
+    agent: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ca, cert, key = _certificates(tmp_path)
+    tls_port = free_port()
+    redis_factory(
+        *("--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)),
+        *("--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"),
+    )
+    url = f"rediss://localhost:{tls_port}/0"
+    untrusted = memory_store(memory_settings_for(url, keyring_uri))
+    with pytest.raises(RedisUnavailable, match="SSLCertVerificationError"):
+        untrusted.get(agent, "k")
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # what a deployment's trust store would hold
+    store = memory_store(memory_settings_for(url, keyring_uri))
+    store.put(agent, "k", b'"over tls"', 60, Condition())
+    assert store.get(agent, "k").value_json == b'"over tls"'

@@ -1,0 +1,77 @@
+"""Models the layer does not carry come from MODEL_STORE (S3, here moto_server over HTTP)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiinfra.api.app import create_app
+from aiinfra.api.embed import router
+from aiinfra.cli import main
+from aiinfra.embedding.catalog import ModelCatalog
+from fastapi.testclient import TestClient
+
+from tests.support.search import new_bucket
+
+FP32, INT8 = "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-int8"
+
+
+@pytest.fixture
+def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Points boto3 (as the function runs it: from the environment) at moto; yields a new bucket."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }.items():
+        monkeypatch.setenv(name, value)
+    yield new_bucket(moto_endpoint)
+
+
+@pytest.fixture
+def layer_without_fp32(model_dir: Path, tmp_path: Path) -> Path:
+    """A MODEL_DIR laid out as the deployed layer is: tokenizer and int8 model only."""
+    layer = tmp_path / "opt-model"
+    layer.mkdir()
+    shutil.copy(model_dir / "tokenizer.json", layer)
+    (layer / INT8).symlink_to(model_dir / INT8)
+    return layer
+
+
+def test_fp32_is_fetched_from_the_store_and_gives_the_same_vectors(
+    s3: str, model_dir: Path, layer_without_fp32: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = f"s3://{s3}/models"
+    assert main(["publish-model", "--to", store]) == 0
+    assert capsys.readouterr().out.strip() == f"{store}/{FP32}/model.onnx"
+
+    deployed = ModelCatalog(layer_without_fp32, INT8, 1, store, fetch_dir=tmp_path / "fetched")
+    assert deployed.model_ids == (FP32, INT8)
+    local = ModelCatalog(model_dir, FP32, 1)
+    texts = ["A man is playing a guitar.", "The stock market fell sharply today."]
+    fetched = deployed.get(FP32).embed(texts).vectors
+    np.testing.assert_array_equal(fetched, local.get(FP32).embed(texts).vectors)
+    assert (tmp_path / "fetched" / FP32 / "model.onnx").stat().st_size > 50_000_000
+
+
+def test_without_a_store_only_the_layers_models_are_served(layer_without_fp32: Path) -> None:
+    client = TestClient(create_app("embed", [router(ModelCatalog(layer_without_fp32, INT8, 1))]))
+    assert [model["id"] for model in client.get("/v1/models").json()["data"]] == [INT8]
+    refused = client.post("/v1/embeddings", json={"input": "hello", "model": FP32})
+    assert refused.status_code == 404
+    assert refused.json()["error"]["type"] == "not_found"
+    assert client.post("/v1/embeddings", json={"input": "hello"}).status_code == 200
+
+
+def test_a_store_that_cannot_deliver_gives_503(s3: str, layer_without_fp32: Path, tmp_path: Path) -> None:
+    catalog = ModelCatalog(layer_without_fp32, INT8, 1, f"s3://{s3}/empty", fetch_dir=tmp_path / "fetched")
+    client = TestClient(create_app("embed", [router(catalog)]))
+    answer = client.post("/v1/embeddings", json={"input": "hello", "model": FP32})
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "5"
+    assert "MODEL_STORE" in answer.json()["error"]["message"]
+    assert not (tmp_path / "fetched" / FP32 / "model.onnx").exists()

@@ -1,0 +1,65 @@
+"""Each function's init (imports + app build, what Lambda's Init Duration counts) stays within its budget.
+
+The budgets are issue 5's Init Duration targets (embed 600 ms, search 500 ms, memory 350 ms), held as
+a ratio to the web stack every function imports (FastAPI + Mangum + Powertools, about 270 ms here)
+so a loaded CI machine slows both alike, with 50 % margin: a regression fails, noise does not.
+bench/coldstart.py measures the real thing through aws-lambda-rie.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+PROBE = """
+import importlib.util, json, sys, time
+started = time.perf_counter()
+if sys.argv[1] == "web-stack":
+    import aws_lambda_powertools, fastapi, mangum
+else:
+    spec = importlib.util.spec_from_file_location("app", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+print(json.dumps({"init_ms": (time.perf_counter() - started) * 1e3}))
+"""
+WEB_STACK_MS = 270.0
+MARGIN = 1.5
+TARGET_MS = {"embed": 600.0, "search": 500.0, "memory": 350.0}
+
+
+def _init_ms(target: str, settings: dict[str, str]) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, target],
+        capture_output=True,
+        text=True,
+        env={"PATH": "", "AUTH_MODE": "none", **settings},
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return float(json.loads(done.stdout.splitlines()[-1])["init_ms"])
+
+
+@pytest.mark.perf
+@pytest.mark.parametrize("function", sorted(TARGET_MS))
+def test_function_init_fits_its_budget(function: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if function == "embed":
+        model_dir = request.getfixturevalue("model_dir")
+        settings = {"MODEL_DIR": str(model_dir), "EMBED_MODEL": "all-MiniLM-L6-v2-int8"}
+    elif function == "search":
+        settings = {"INDEX_STORE": f"file://{tmp_path}"}
+    else:
+        settings = {"REDIS_URL": "redis://127.0.0.1:1/0", "MEMORY_KEYS": f"file://{tmp_path}/keyring.json"}
+    app = str(REPO_ROOT / "functions" / function / "app.py")
+    runs = [(_init_ms("web-stack", {}), _init_ms(app, settings)) for _ in range(3)]
+    web_stack = min(web for web, _ in runs)
+    init = min(ms for _, ms in runs)
+    budget = web_stack * TARGET_MS[function] / WEB_STACK_MS * MARGIN
+    assert init <= budget, (
+        f"{function} init {init:.0f} ms > budget {budget:.0f} ms (web stack {web_stack:.0f} ms)"
+    )

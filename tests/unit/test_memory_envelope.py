@@ -1,0 +1,111 @@
+"""The envelope: shared vectors in both directions, and every tampering refused by both codecs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aiinfra._native import EnvelopeCodec
+from aiinfra.memory.envelope import NONCE_LEN, IntegrityError, ReferenceCodec, key_id_of
+
+from tests.conftest import REPO_ROOT
+
+DOCUMENT = json.loads((REPO_ROOT / "tests" / "fixtures" / "envelope" / "vectors.json").read_text())
+KEYS = {key_id: bytes.fromhex(key) for key_id, key in DOCUMENT["keys_hex"].items()}
+VECTORS: list[dict[str, Any]] = DOCUMENT["vectors"]
+CODECS = [EnvelopeCodec, ReferenceCodec]
+
+
+def _codec(kind: type, current: str = "k1") -> Any:
+    return kind(KEYS, current)
+
+
+def test_vectors_come_from_both_sides() -> None:
+    assert {vector["sealed_by"] for vector in VECTORS} == {"python", "rust"}
+
+
+@pytest.mark.parametrize("kind", CODECS, ids=["rust", "python"])
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: f"{v['sealed_by']}-{v['redis_key']}")
+def test_every_vector_opens_with_both_codecs(kind: type, vector: dict[str, Any]) -> None:
+    opened = _codec(kind).open(vector["redis_key"].encode(), bytes.fromhex(vector["envelope_hex"]))
+    assert opened == (vector["version"], vector["expires_at_ms"], bytes.fromhex(vector["plaintext_hex"]))
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=lambda v: f"{v['sealed_by']}-{v['redis_key']}")
+def test_reference_reseal_reproduces_the_exact_bytes(vector: dict[str, Any]) -> None:
+    blob = bytes.fromhex(vector["envelope_hex"])
+    key_id = key_id_of(blob)
+    assert key_id is not None
+    nonce_at = 18 + len(key_id)
+    resealed = ReferenceCodec(KEYS, key_id).seal(
+        vector["redis_key"].encode(),
+        vector["version"],
+        vector["expires_at_ms"],
+        bytes.fromhex(vector["plaintext_hex"]),
+        nonce=blob[nonce_at : nonce_at + NONCE_LEN],
+    )
+    assert resealed == blob
+
+
+@pytest.mark.parametrize("opener", CODECS, ids=["rust", "python"])
+@pytest.mark.parametrize("sealer", CODECS, ids=["rust", "python"])
+def test_flipping_any_single_byte_is_refused(sealer: type, opener: type) -> None:
+    redis_key = b"mem:{agent-1}:prefs"
+    blob = _codec(sealer).seal(redis_key, 9, 1_800_000_000_000, b'{"a":[1,2,3]}')
+    codec = _codec(opener)
+    for position in range(len(blob)):
+        for flip in (0x01, 0x80, 0xFF):
+            forged = bytearray(blob)
+            forged[position] ^= flip
+            with pytest.raises(IntegrityError):
+                codec.open(redis_key, bytes(forged))
+    for cut in range(len(blob)):
+        with pytest.raises(IntegrityError):
+            codec.open(redis_key, blob[:cut])
+
+
+@pytest.mark.parametrize("kind", CODECS, ids=["rust", "python"])
+def test_a_value_moved_to_another_key_or_agent_is_refused(kind: type) -> None:
+    codec = _codec(kind)
+    blob = codec.seal(b"mem:{agent-1}:prefs", 1, 1_800_000_000_000, b"1")
+    for elsewhere in (b"mem:{agent-1}:other", b"mem:{agent-2}:prefs", b"mem:{agent-1}:prefs "):
+        with pytest.raises(IntegrityError):
+            codec.open(elsewhere, blob)
+
+
+@pytest.mark.parametrize("kind", CODECS, ids=["rust", "python"])
+def test_old_keys_open_and_the_current_key_seals(kind: type) -> None:
+    old = _codec(kind, "k1").seal(b"mem:{a}:x", 1, 2, b"[]")
+    rotated = _codec(kind, "k2-rotated")
+    assert rotated.open(b"mem:{a}:x", old) == (1, 2, b"[]")
+    assert key_id_of(rotated.seal(b"mem:{a}:x", 1, 2, b"[]")) == "k2-rotated"
+    with pytest.raises(IntegrityError, match="keyring"):
+        kind({"k2-rotated": KEYS["k2-rotated"]}, "k2-rotated").open(b"mem:{a}:x", old)
+
+
+@pytest.mark.parametrize("kind", CODECS, ids=["rust", "python"])
+def test_batches_answer_in_order_and_refuse_a_forged_member(kind: type) -> None:
+    codec = _codec(kind)
+    keys = [f"mem:{{a}}:k{i}".encode() for i in range(50)]
+    blobs: list[bytes | None] = list(
+        codec.seal_many([(key, i, 1000 + i, b"%d" % i) for i, key in enumerate(keys)])
+    )
+    blobs[7] = None
+    opened = codec.open_many(keys, blobs)
+    assert opened[7] is None
+    assert [item for i, item in enumerate(opened) if i != 7] == [
+        (i, 1000 + i, b"%d" % i) for i in range(50) if i != 7
+    ]
+    blobs[3] = blobs[4]
+    with pytest.raises(IntegrityError, match=r"mem:\{a\}:k3"):
+        codec.open_many(keys, blobs)
+
+
+def test_codec_refuses_bad_keys() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        EnvelopeCodec({"k": b"short"}, "k")
+    with pytest.raises(ValueError, match="not in the keyring"):
+        EnvelopeCodec({"k": bytes(32)}, "other")
+    with pytest.raises(ValueError, match="key id"):
+        EnvelopeCodec({"bad id": bytes(32)}, "bad id")

@@ -1,0 +1,200 @@
+"""The search API over a file:// store: answers, bad input (4xx with a message), refresh and corruption."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiinfra.vectors.store import FileStore
+
+from tests.support.search import SearchClient
+
+DIM = 16
+
+
+def _items(n: int, seed: int = 0, dim: int = DIM) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {"id": f"item-{i}", "vector": rng.normal(size=dim).tolist(), "metadata": {"n": i, "even": i % 2 == 0}}
+        for i in range(n)
+    ]
+
+
+@pytest.fixture
+def client(search_client: SearchClient, file_store: FileStore) -> Any:
+    client = search_client(file_store)
+    assert client.put("/indexes/docs", json={"dimension": DIM}).status_code == 201
+    assert client.post("/indexes/docs/upsert", json={"items": _items(20)}).status_code == 200
+    return client
+
+
+def _error(answer: Any, status: int) -> str:
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    assert error["type"] and error["message"]
+    message: str = error["message"]
+    return message
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "fragment"),
+    [
+        ("put", "/indexes/Docs", {"dimension": 4}, 400, "path.name"),
+        ("put", "/indexes/" + "a" * 65, {"dimension": 4}, 400, "path.name"),
+        ("put", "/indexes/x", {"dimension": 4, "metric": "cos"}, 400, "metric"),
+        ("put", "/indexes/x", {"dimension": 4, "factory": "HNSW32,Bogus"}, 400, "not a valid FAISS factory"),
+        ("put", "/indexes/x", {"dimension": 10, "factory": "IVF16,PQ3"}, 400, "not a valid FAISS factory"),
+        ("put", "/indexes/x", {"dimension": 4, "factory": "IVF100000000,Flat"}, 400, "numbers above 1048576"),
+        ("put", "/indexes/x", {"dimension": 4, "factory": "IDMap,Flat"}, 400, "IDMap is not allowed"),
+        ("put", "/indexes/x", {"dimension": 0}, 400, "dimension"),
+        ("put", "/indexes/docs", {"dimension": 8}, 409, "exists with dimension 16"),
+        ("post", "/indexes/docs/query", {"vector": [0.1] * 3}, 400, "dimension 3, the index has 16"),
+        ("post", "/indexes/docs/query", {"vector": [0.1] * DIM, "k": 0}, 400, "k:"),
+        ("post", "/indexes/docs/query", {"vector": [0.1] * DIM, "k": 1001}, 400, "k:"),
+        ("post", "/indexes/docs/query", {"vector": [1e39] * DIM}, 400, "overflow float32"),
+        ("post", "/indexes/docs/query", {"vector": [0.1] * DIM, "filter": {"n": {"$gt": "x"}}}, 400, "$gt"),
+        ("post", "/indexes/docs/query", {"k": 3}, 400, "exactly one of vector, vectors or text"),
+        ("post", "/indexes/docs/query", {"vectors": [[0.1] * DIM] * 257}, 400, "vectors"),
+        ("post", "/indexes/nope/query", {"vector": [0.1] * DIM}, 404, "does not exist"),
+        ("post", "/indexes/docs/upsert", {"items": [{"id": "a", "vector": [1.0] * 5}]}, 400, "dimension 5"),
+        ("post", "/indexes/docs/upsert", {"items": [{"id": "a"}]}, 400, "exactly one of vector or text"),
+        ("post", "/indexes/docs/upsert", {"items": []}, 400, "items"),
+        ("post", "/indexes/docs/upsert", {"items": _items(1001)}, 400, "items"),
+        ("post", "/indexes/docs/upsert", {"items": [{"id": "", "vector": [1.0] * DIM}]}, 400, "id"),
+        (
+            "post",
+            "/indexes/docs/upsert",
+            {"items": [{"id": "a", "vector": [1] * DIM, "metadata": {"x": [1]}}]},
+            400,
+            "metadata",
+        ),
+        ("post", "/indexes/docs/delete", {"ids": []}, 400, "ids"),
+        ("post", "/indexes/nope/compact", None, 404, "does not exist"),
+        ("get", "/indexes/nope", None, 404, "does not exist"),
+        ("delete", "/indexes/nope", None, 404, "does not exist"),
+    ],
+)
+def test_bad_input_is_a_4xx_with_a_message(
+    client: Any, method: str, path: str, body: Any, status: int, fragment: str
+) -> None:
+    answer = client.request(method.upper(), path, json=body)
+    assert fragment in _error(answer, status)
+
+
+def test_nan_and_infinity_in_vectors_are_refused(client: Any) -> None:
+    for literal in ("NaN", "Infinity", "-Infinity"):
+        raw = "[" + ",".join(["0.5"] * (DIM - 1) + [literal]) + "]"
+        answer = client.post(
+            "/indexes/docs/query",
+            content=f'{{"vector": {raw}}}',
+            headers={"content-type": "application/json"},
+        )
+        assert "finite" in _error(answer, 400)
+    assert client.get("/indexes/docs").json()["version"] == 2
+
+
+def test_create_is_idempotent_for_the_same_definition(client: Any) -> None:
+    again = client.put("/indexes/docs", json={"dimension": DIM})
+    assert again.status_code == 200
+    assert again.json()["count"] == 20
+
+
+def test_query_scores_reupsert_and_delete(client: Any) -> None:
+    items = _items(20)
+    hit = client.post(
+        "/indexes/docs/query", json={"vector": items[7]["vector"], "k": 1, "include_metadata": True}
+    )
+    assert hit.json()["matches"] == [
+        {"id": "item-7", "score": pytest.approx(1.0, abs=1e-5), "metadata": {"n": 7, "even": False}}
+    ]
+    moved = {"id": "item-7", "vector": items[3]["vector"], "metadata": {"n": 70}}
+    assert client.post("/indexes/docs/upsert", json={"items": [moved]}).status_code == 200
+    top = client.post("/indexes/docs/query", json={"vector": items[3]["vector"], "k": 2}).json()["matches"]
+    assert {m["id"] for m in top} == {"item-3", "item-7"}
+    assert client.post("/indexes/docs/delete", json={"ids": ["item-3", "absent"]}).json()["count"] == 2
+    top = client.post("/indexes/docs/query", json={"vector": items[3]["vector"], "k": 20}).json()["matches"]
+    assert top[0]["id"] == "item-7" and "item-3" not in {m["id"] for m in top}
+    assert len(top) == 19
+    assert client.get("/indexes/docs").json()["count"] == 19
+
+
+@pytest.mark.parametrize(
+    ("factory", "params"),
+    [("HNSW16", {"ef_search": 64}), ("IVF8,Flat", {"nprobe": 8}), ("IVF4,PQ4x4", {"nprobe": 4})],
+)
+def test_trained_factories_find_neighbours_and_honour_filters(
+    search_client: SearchClient, file_store: FileStore, factory: str, params: dict[str, int]
+) -> None:
+    client = search_client(file_store)
+    assert (
+        client.put(
+            "/indexes/trained", json={"dimension": DIM, "metric": "l2", "factory": factory}
+        ).status_code
+        == 201
+    )
+    items = _items(600, seed=1)
+    assert client.post("/indexes/trained/upsert", json={"items": items}).status_code == 200
+    assert client.post("/indexes/trained/compact").json()["segments"] == 1
+    vectors = np.array([item["vector"] for item in items], dtype=np.float32)
+    found = 0
+    for i in range(0, 600, 60):
+        answer = client.post(
+            "/indexes/trained/query", json={"vector": items[i]["vector"], "k": 5, **params}
+        ).json()
+        found += answer["matches"][0]["id"] == f"item-{i}"
+        near = client.post(
+            "/indexes/trained/query",
+            json={"vector": items[i]["vector"], "k": 5, "filter": {"n": {"$lt": 4}, "even": True}, **params},
+        ).json()["matches"]
+        truth = np.argsort(((vectors[0:4:2] - vectors[i]) ** 2).sum(axis=1)) * 2
+        assert [m["id"] for m in near] == [f"item-{j}" for j in truth]  # 2 of 600 selected: an exact scan
+        wide = client.post(
+            "/indexes/trained/query",
+            json={"vector": items[i]["vector"], "k": 5, "filter": {"even": False}, **params},
+        ).json()["matches"]
+        assert len(wide) == 5 and all(int(m["id"].split("-")[1]) % 2 == 1 for m in wide)
+    assert found >= 9
+
+
+def test_a_second_instance_sees_a_write_after_the_refresh_window(
+    search_client: SearchClient, tmp_path: Path
+) -> None:
+    writer = search_client(FileStore(tmp_path / "shared"))
+    assert writer.put("/indexes/shared", json={"dimension": DIM}).status_code == 201
+    reader = search_client(FileStore(tmp_path / "shared"), refresh_seconds=0.3)
+    assert reader.get("/indexes/shared").json()["count"] == 0
+    assert writer.post("/indexes/shared/upsert", json={"items": _items(5)}).status_code == 200
+    assert reader.get("/indexes/shared").json()["count"] == 0  # inside the window: the loaded version
+    time.sleep(0.35)
+    assert reader.get("/indexes/shared").json()["count"] == 5
+
+
+def test_a_corrupt_segment_is_refused_and_the_last_good_version_served(
+    search_client: SearchClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = FileStore(tmp_path / "store")
+    writer = search_client(store)
+    reader = search_client(store)
+    assert writer.put("/indexes/c", json={"dimension": DIM}).status_code == 201
+    assert writer.post("/indexes/c/upsert", json={"items": _items(5)}).status_code == 200
+    assert reader.get("/indexes/c").json()["count"] == 5
+    assert (
+        writer.post(
+            "/indexes/c/upsert",
+            json={"items": [{"id": "new", "vector": [1.0] * DIM}]},
+        ).status_code
+        == 200
+    )
+    newest = max((tmp_path / "store" / "c" / "segments").iterdir(), key=lambda p: p.stat().st_mtime)
+    with open(newest / "vectors.faiss", "r+b") as damaged:
+        damaged.truncate(10)
+    answer = reader.get("/indexes/c")
+    assert answer.status_code == 200
+    assert answer.json()["count"] == 5 and answer.json()["version"] == 2
+    query = reader.post("/indexes/c/query", json={"vector": [1.0] * DIM, "k": 10}).json()
+    assert "new" not in {m["id"] for m in query["matches"]}
+    assert math.isfinite(query["matches"][0]["score"])
