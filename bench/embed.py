@@ -8,6 +8,7 @@ its own). Writes docs/benchmarks/embed.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import os
@@ -80,6 +81,7 @@ def worker(contender: str, texts_file: Path) -> None:
 
     def client() -> None:
         nonlocal tokens
+        asyncio.set_event_loop(asyncio.new_event_loop())  # Mangum runs the app on the caller's loop
         while True:
             try:
                 batch = requests.get_nowait()
@@ -126,6 +128,8 @@ def run_contender(contender: str, python: Path, texts_file: Path) -> dict[str, A
     assert process.stdout is not None
     result: dict[str, Any] = {}
     for line in process.stdout:
+        if not line.startswith('{"phase"'):
+            continue  # the function's own output: EMF metrics, logs
         message = json.loads(line)
         if message["phase"] == "first_vector":
             result["first_vector_s"] = time.perf_counter() - spawned

@@ -28,7 +28,7 @@ class EmbeddingRequest(BaseModel):
 def create_embeddings(request: EmbeddingRequest) -> dict[str, Any]:
     texts = [request.input] if isinstance(request.input, str) else request.input
     vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
-    tokens = sum(len(ids) for ids in model.tokenize(texts)["input_ids"])
+    tokens = int(model.tokenize(texts)["attention_mask"].sum())  # real tokens, not padding
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": v.tolist()} for i, v in enumerate(vectors)],
