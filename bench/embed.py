@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import os
 import queue
@@ -27,6 +26,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.corpus import english_texts  # noqa: E402
 from bench.report import machine, write_report  # noqa: E402
+from tests.support.events import LambdaContext, api_gateway_event  # noqa: E402
 
 TEXTS = 10_000
 REQUEST_SIZE = 32
@@ -39,19 +39,7 @@ CONTENDERS = {
 
 
 def http_event(body: dict[str, Any]) -> dict[str, Any]:
-    template = json.loads((REPO_ROOT / "tests" / "fixtures" / "events" / "http-api.json").read_text())
-    template.update(rawPath="/v1/embeddings", rawQueryString="", headers={"content-type": "application/json"})
-    template["requestContext"]["http"].update(method="POST", path="/v1/embeddings")
-    template["body"] = base64.b64encode(json.dumps(body).encode()).decode()
-    template["isBase64Encoded"] = True
-    return template
-
-
-class Context:
-    function_name = "embed"
-    memory_limit_in_mb = 2048
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:embed"
-    aws_request_id = "bench"
+    return api_gateway_event("http", "POST", "/v1/embeddings", json.dumps(body))
 
 
 def worker(contender: str, texts_file: Path) -> None:
@@ -67,7 +55,7 @@ def worker(contender: str, texts_file: Path) -> None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         handler = module.handler
-    first = handler(http_event({"input": "the first vector"}), Context())
+    first = handler(http_event({"input": "the first vector"}), LambdaContext("embed", 2048))
     assert first["statusCode"] == 200, first
     print(json.dumps({"phase": "first_vector"}), flush=True)
 
@@ -89,7 +77,7 @@ def worker(contender: str, texts_file: Path) -> None:
                 return
             event = http_event({"input": batch})
             started = time.perf_counter()
-            response = handler(event, Context())
+            response = handler(event, LambdaContext("embed", 2048))
             elapsed = time.perf_counter() - started
             assert response["statusCode"] == 200, response["body"][:200]
             usage = json.loads(response["body"])["usage"]["total_tokens"]

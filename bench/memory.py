@@ -34,7 +34,7 @@ from cryptography.fernet import Fernet  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
 from bench.report import machine, write_report  # noqa: E402
-from tests.support.events import api_gateway_event  # noqa: E402
+from tests.support.events import LambdaContext, api_gateway_event  # noqa: E402
 from tests.support.redis_server import free_port  # noqa: E402
 
 VALUE = {
@@ -214,13 +214,6 @@ def interleaved(
     return results
 
 
-class Context:
-    function_name = "memory"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:memory"
-    aws_request_id = "bench"
-
-
 def load_module(path: Path, name: str) -> Any:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
@@ -260,7 +253,7 @@ def handler_level(port: int, keyring: Path) -> dict[str, Row]:
     batch_get = api_gateway_event(
         "http", "POST", "/agents/bench-agent/batch-get", json.dumps({"keys": KEYS[:BATCH]}), claims=claims
     )
-    context = Context()
+    context = LambdaContext("memory", 512)
 
     def calls(handler: Any) -> dict[str, Callable[[int], object]]:
         def call(event: dict[str, Any]) -> None:

@@ -10,7 +10,6 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
 MODEL_DIR = REPO_ROOT / "build" / "model"
-EVENTS_DIR = Path(__file__).resolve().parent / "fixtures" / "events"
 
 os.environ.setdefault("MODEL_DIR", str(MODEL_DIR))
 os.environ.setdefault("AUTH_MODE", "none")

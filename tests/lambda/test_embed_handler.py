@@ -10,24 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support.events import api_gateway_event, response_json
+from tests.support.events import LambdaContext, invoke, response_json
 
 EVENT_KINDS = ["http", "rest"]
-
-
-class Context:
-    """The fields of the Lambda context object Powertools reads."""
-
-    function_name = "embed"
-    memory_limit_in_mb = 2048
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:embed"
-    aws_request_id = "0d5b6a1c-1111-2222-3333-444455556666"
-
-
-def invoke(function: ModuleType, kind: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    raw = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
-    response: dict[str, Any] = function.handler(api_gateway_event(kind, method, path, raw), Context())
-    return response
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -40,7 +25,7 @@ def test_reference_vectors_through_the_handler(
 ) -> None:
     texts, expected = reference
     response = invoke(
-        embed_function, kind, "POST", "/v1/embeddings", {"input": texts, "model": "all-MiniLM-L6-v2"}
+        embed_function.handler, kind, "POST", "/v1/embeddings", {"input": texts, "model": "all-MiniLM-L6-v2"}
     )
     assert response["statusCode"] == 200
     body = response_json(response)
@@ -53,12 +38,12 @@ def test_reference_vectors_through_the_handler(
 @pytest.mark.parametrize("kind", EVENT_KINDS)
 def test_base64_is_little_endian_float32_of_the_same_vectors(embed_function: ModuleType, kind: str) -> None:
     request = {"input": ["a cat sat on the mat", "stock markets fell sharply"]}
-    floats = response_json(invoke(embed_function, kind, "POST", "/v1/embeddings", request))
-    packed = response_json(
-        invoke(embed_function, kind, "POST", "/v1/embeddings", {**request, "encoding_format": "base64"})
-    )
-    for as_float, as_base64 in zip(floats["data"], packed["data"], strict=True):
-        decoded = np.frombuffer(base64.b64decode(as_base64["embedding"]), dtype="<f4")
+    handler = embed_function.handler
+    floats = response_json(invoke(handler, kind, "POST", "/v1/embeddings", request))
+    as_base64 = request | {"encoding_format": "base64"}
+    packed = response_json(invoke(handler, kind, "POST", "/v1/embeddings", as_base64))
+    for as_float, as_text in zip(floats["data"], packed["data"], strict=True):
+        decoded = np.frombuffer(base64.b64decode(as_text["embedding"]), dtype="<f4")
         assert decoded.shape == (384,)
         np.testing.assert_array_equal(decoded, np.array(as_float["embedding"], dtype=np.float32))
 
@@ -71,14 +56,14 @@ def test_usage_counts_the_tokens_of_every_text(embed_function: ModuleType) -> No
     texts = ["hello world", "  padded with spaces  ", "word " * 400]
     tokenizer = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
     expected = sum(min(len(tokenizer.encode(text.strip()).ids), 256) for text in texts)
-    body = response_json(invoke(embed_function, "http", "POST", "/v1/embeddings", {"input": texts}))
+    body = response_json(invoke(embed_function.handler, "http", "POST", "/v1/embeddings", {"input": texts}))
     assert body["usage"] == {"prompt_tokens": expected, "total_tokens": expected}
     assert body["model"] == "all-MiniLM-L6-v2"
 
 
 def test_a_single_string_and_the_int8_model(embed_function: ModuleType) -> None:
     request = {"input": "A man is playing a guitar.", "model": "all-MiniLM-L6-v2-int8"}
-    body = response_json(invoke(embed_function, "http", "POST", "/v1/embeddings", request))
+    body = response_json(invoke(embed_function.handler, "http", "POST", "/v1/embeddings", request))
     assert body["model"] == "all-MiniLM-L6-v2-int8"
     (item,) = body["data"]
     assert len(item["embedding"]) == 384
@@ -86,7 +71,7 @@ def test_a_single_string_and_the_int8_model(embed_function: ModuleType) -> None:
 
 
 def test_models_are_listed(embed_function: ModuleType) -> None:
-    body = response_json(invoke(embed_function, "rest", "GET", "/v1/models"))
+    body = response_json(invoke(embed_function.handler, "rest", "GET", "/v1/models"))
     assert [model["id"] for model in body["data"]] == ["all-MiniLM-L6-v2", "all-MiniLM-L6-v2-int8"]
 
 
@@ -111,25 +96,25 @@ BAD_REQUESTS = [
 def test_bad_input_gets_a_400_naming_the_problem(
     embed_function: ModuleType, kind: str, body: Any, names: str
 ) -> None:
-    response = invoke(embed_function, kind, "POST", "/v1/embeddings", body)
+    response = invoke(embed_function.handler, kind, "POST", "/v1/embeddings", body)
     assert response["statusCode"] == 400, response["body"][:300]
     error = response_json(response)["error"]
     assert error["type"] == "invalid_request_error"
     assert names in error["message"]
     # The function stays healthy after every refusal.
-    ok = invoke(embed_function, kind, "POST", "/v1/embeddings", {"input": "still serving"})
+    ok = invoke(embed_function.handler, kind, "POST", "/v1/embeddings", {"input": "still serving"})
     assert ok["statusCode"] == 200
 
 
 def test_a_body_over_the_lambda_payload_limit_gets_413(embed_function: ModuleType) -> None:
     body = json.dumps({"input": ["word " * 19_000] * 70})
     assert len(body) > 6 * 1024 * 1024
-    response = invoke(embed_function, "http", "POST", "/v1/embeddings", body)
+    response = invoke(embed_function.handler, "http", "POST", "/v1/embeddings", body)
     assert response["statusCode"] == 413
     assert response_json(response)["error"]["type"] == "payload_too_large"
 
 
 def test_an_event_that_is_not_api_gateway_gets_a_clear_400(embed_function: ModuleType) -> None:
-    response = embed_function.handler({"Records": [{"eventSource": "aws:sqs"}]}, Context())
+    response = embed_function.handler({"Records": [{"eventSource": "aws:sqs"}]}, LambdaContext("embed"))
     assert response["statusCode"] == 400
     assert response_json(response)["error"]["type"] == "invalid_event"

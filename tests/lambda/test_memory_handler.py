@@ -12,18 +12,12 @@ import pytest
 import redis
 from aiinfra.memory.schema import memory_key
 
-from tests.support.events import api_gateway_event, response_json
+from tests.support.events import LambdaContext, api_gateway_event, response_json
+from tests.support.events import invoke as call_handler
 from tests.support.functions import load_function
 from tests.support.redis_server import RedisServer, free_port
 
 EVENT_KINDS = ["http", "rest"]
-
-
-class Context:
-    function_name = "memory"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:memory"
-    aws_request_id = "0d5b6a1c-1111-2222-3333-444455556666"
 
 
 def _load(monkeypatch: pytest.MonkeyPatch, redis_url: str, keyring_uri: str) -> ModuleType:
@@ -51,10 +45,8 @@ def invoke(
     query: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     claims = {"sub": "user-1", "agents": agents} if agents is not None else {"sub": "user-1"}
-    raw = None if body is None else json.dumps(body)
-    event = api_gateway_event(kind, method, path, raw, headers=headers, query=query, claims=claims)
-    response: dict[str, Any] = function.handler(event, Context())
-    return response
+    request = {"headers": headers, "query": query, "claims": claims}
+    return call_handler(function.handler, kind, method, path, body, **request)
 
 
 def header(response: dict[str, Any], name: str) -> str:
@@ -146,7 +138,7 @@ def test_an_allowed_agent_reaches_redis(function_without_redis: ModuleType, kind
 def test_no_authorizer_context_is_401(function_without_redis: ModuleType) -> None:
     event = api_gateway_event("rest", "GET", "/agents/agent-a/memories/k")
     event["requestContext"].pop("authorizer", None)
-    response: dict[str, Any] = function_without_redis.handler(event, Context())
+    response: dict[str, Any] = function_without_redis.handler(event, LambdaContext("memory"))
     assert response["statusCode"] == 401
 
 

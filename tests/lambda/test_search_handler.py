@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.support.events import api_gateway_event, response_json
+from tests.support.events import invoke, response_json
 from tests.support.functions import load_function
-
-
-class Context:
-    """The fields of the Lambda context object Powertools reads."""
-
-    function_name = "search"
-    memory_limit_in_mb = 2048
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:search"
-    aws_request_id = "0d5b6a1c-1111-2222-3333-444455556666"
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +22,16 @@ def search_function(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Module
         yield load_function("search")
 
 
-def invoke(function: ModuleType, kind: str, method: str, path: str, body: Any = None) -> dict[str, Any]:
-    raw = None if body is None else json.dumps(body)
-    response: dict[str, Any] = function.handler(api_gateway_event(kind, method, path, raw), Context())
-    return response
-
-
 @pytest.mark.parametrize("kind", ["http", "rest"])
 def test_create_upsert_query_through_the_handler(search_function: ModuleType, kind: str) -> None:
     name = f"lambda-{kind}"
-    created = invoke(search_function, kind, "PUT", f"/indexes/{name}", {"dimension": 3, "metric": "l2"})
+    handler = search_function.handler
+    created = invoke(handler, kind, "PUT", f"/indexes/{name}", {"dimension": 3, "metric": "l2"})
     assert created["statusCode"] == 201
     items = [{"id": f"p{i}", "vector": [float(i), 0.0, 0.0], "metadata": {"i": i}} for i in range(6)]
-    assert (
-        invoke(search_function, kind, "POST", f"/indexes/{name}/upsert", {"items": items})["statusCode"]
-        == 200
-    )
+    assert invoke(handler, kind, "POST", f"/indexes/{name}/upsert", {"items": items})["statusCode"] == 200
     query = {"vector": [2.2, 0.0, 0.0], "k": 2, "filter": {"i": {"$ne": 2}}, "include_metadata": True}
-    answer = invoke(search_function, kind, "POST", f"/indexes/{name}/query", query)
+    answer = invoke(search_function.handler, kind, "POST", f"/indexes/{name}/query", query)
     assert answer["statusCode"] == 200
     matches = response_json(answer)["matches"]
     assert [(m["id"], m["metadata"]) for m in matches] == [("p3", {"i": 3}), ("p1", {"i": 1})]
@@ -58,7 +39,7 @@ def test_create_upsert_query_through_the_handler(search_function: ModuleType, ki
 
 
 def test_bad_input_through_the_handler(search_function: ModuleType) -> None:
-    answer = invoke(search_function, "http", "PUT", "/indexes/UPPER", {"dimension": 3})
+    answer = invoke(search_function.handler, "http", "PUT", "/indexes/UPPER", {"dimension": 3})
     assert answer["statusCode"] == 400
     assert "path.name" in response_json(answer)["error"]["message"]
 

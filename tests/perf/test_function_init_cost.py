@@ -26,14 +26,20 @@ else:
     spec = importlib.util.spec_from_file_location("app", sys.argv[1])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-print(json.dumps({"init_ms": (time.perf_counter() - started) * 1e3}))
+print(json.dumps({"init_ms": (time.perf_counter() - started) * 1e3, "modules": sorted(sys.modules)}))
 """
 WEB_STACK_MS = 270.0
 MARGIN = 1.5
 TARGET_MS = {"embed": 600.0, "search": 500.0, "memory": 350.0}
+# What each function's init must not import: its requests never use it (cold start is a feature).
+NEVER_IMPORTS = {
+    "embed": {"faiss", "redis", "cryptography", "boto3", "uvicorn"},
+    "search": {"onnxruntime", "tokenizers", "redis", "cryptography", "uvicorn"},
+    "memory": {"onnxruntime", "faiss", "numpy", "tokenizers", "redis", "cryptography", "boto3", "uvicorn"},
+}
 
 
-def _init_ms(target: str, settings: dict[str, str]) -> float:
+def _init(target: str, settings: dict[str, str]) -> tuple[float, set[str]]:
     done = subprocess.run(
         [sys.executable, "-c", PROBE, target],
         capture_output=True,
@@ -42,7 +48,8 @@ def _init_ms(target: str, settings: dict[str, str]) -> float:
         cwd="/",
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return float(json.loads(done.stdout.splitlines()[-1])["init_ms"])
+    probe = json.loads(done.stdout.splitlines()[-1])
+    return float(probe["init_ms"]), {name.split(".")[0] for name in probe["modules"]}
 
 
 @pytest.mark.perf
@@ -56,9 +63,11 @@ def test_function_init_fits_its_budget(function: str, tmp_path: Path, request: p
     else:
         settings = {"REDIS_URL": "redis://127.0.0.1:1/0", "MEMORY_KEYS": f"file://{tmp_path}/keyring.json"}
     app = str(REPO_ROOT / "functions" / function / "app.py")
-    runs = [(_init_ms("web-stack", {}), _init_ms(app, settings)) for _ in range(3)]
+    runs = [(_init("web-stack", {})[0], _init(app, settings)) for _ in range(3)]
+    needless = runs[0][1][1] & NEVER_IMPORTS[function]
+    assert not needless, f"{function} init imports {sorted(needless)}"
     web_stack = min(web for web, _ in runs)
-    init = min(ms for _, ms in runs)
+    init = min(ms for _, (ms, _) in runs)
     budget = web_stack * TARGET_MS[function] / WEB_STACK_MS * MARGIN
     assert init <= budget, (
         f"{function} init {init:.0f} ms > budget {budget:.0f} ms (web stack {web_stack:.0f} ms)"

@@ -1,15 +1,34 @@
-"""Real API Gateway events (shapes from `sam local generate-event`) for a request of ours."""
+"""Real API Gateway events (shapes from `sam local generate-event`) for a request of ours.
+
+Standard library only: the benchmarks import it in environments without pytest.
+"""
 
 from __future__ import annotations
 
 import base64
 import copy
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from tests.conftest import EVENTS_DIR
+EVENTS_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "events"
+
+
+@dataclass(frozen=True)
+class LambdaContext:
+    """The fields of the Lambda context object Powertools reads."""
+
+    function_name: str
+    memory_limit_in_mb: int = 1024
+    aws_request_id: str = "0d5b6a1c-1111-2222-3333-444455556666"
+
+    @property
+    def invoked_function_arn(self) -> str:
+        return f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
 
 
 @cache
@@ -55,6 +74,19 @@ def api_gateway_event(
         context.update(httpMethod=method, path=path, resourcePath="/{proxy+}")
         context["authorizer"] = dict(claims or {})
     return event
+
+
+def invoke(
+    handler: Callable[[dict[str, Any], Any], dict[str, Any]],
+    kind: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    **request: Any,
+) -> dict[str, Any]:
+    """Calls a Lambda handler with the API Gateway event for this request; `body` may be JSON-able."""
+    raw = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
+    return handler(api_gateway_event(kind, method, path, raw, **request), LambdaContext("aiinfra"))
 
 
 def response_json(response: dict[str, Any]) -> Any:
