@@ -66,8 +66,7 @@ def real_vectors() -> np.ndarray:
     from aiinfra.embedding.catalog import ModelCatalog
 
     texts = sorted(set(wordnet_glosses()) | set(gcide_definitions()))
-    settings = embed_settings()
-    embedder = ModelCatalog(settings.model_dir, settings.default_model, settings.threads).get()
+    embedder = ModelCatalog.from_settings(embed_settings()).get()
     parts = []
     for start in range(0, len(texts), 512):
         parts.append(embedder.embed(texts[start : start + 512]).vectors)
