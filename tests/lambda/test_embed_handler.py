@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 from types import ModuleType
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support.events import LambdaContext, invoke, response_json
+from tests.support.events import LambdaContext, api_gateway_event, invoke, response_json
 
 EVENT_KINDS = ["http", "rest"]
 
@@ -118,3 +119,32 @@ def test_an_event_that_is_not_api_gateway_gets_a_clear_400(embed_function: Modul
     response = embed_function.handler({"Records": [{"eventSource": "aws:sqs"}]}, LambdaContext("embed"))
     assert response["statusCode"] == 400
     assert response_json(response)["error"]["type"] == "invalid_event"
+
+
+def test_every_invocation_logs_json_and_emits_emf_metrics(
+    embed_function: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aiinfra.observability import logger, metrics
+
+    metrics().clear_metrics()  # what other tests' app-level calls left unflushed
+    log_stream = io.StringIO()
+    previous = logger().registered_handler.setStream(log_stream)  # the Logger's stdout, captured here
+    capsys.readouterr()
+    event = api_gateway_event("http", "POST", "/v1/embeddings", json.dumps({"input": ["one text", "two"]}))
+    try:
+        assert embed_function.handler(event, LambdaContext("embed"))["statusCode"] == 200
+    finally:
+        logger().registered_handler.setStream(previous)
+    output = log_stream.getvalue() + capsys.readouterr().out
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    (log,) = [line for line in lines if line.get("message") == "request"]
+    assert log["level"] == "INFO" and log["service"] == "embed"
+    assert log["status"] == 200 and log["path"] == "/v1/embeddings" and log["method"] == "POST"
+    assert log["function_request_id"] == LambdaContext("embed").aws_request_id
+    assert log["correlation_id"] == event["requestContext"]["requestId"]
+    assert isinstance(log["cold_start"], bool)
+    (emf,) = [line for line in lines if "_aws" in line and "Texts" in line]
+    names = {m["Name"] for m in emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
+    assert {"Texts", "Tokens", "EmbedLatency"} <= names
+    assert emf["Texts"] == [2.0] and emf["Tokens"][0] >= 4 and emf["EmbedLatency"][0] > 0
+    assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "aiinfra"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,19 @@ def lambda_handler(app: Any, service: str) -> LambdaHandler:
             shape = sorted(event)[:20] if isinstance(event, dict) else type(event).__name__
             log.error("unsupported event shape", extra={"event_shape": shape})
             return dict(BAD_EVENT)
-        return asgi(event, context)
+        started = time.perf_counter()
+        response = asgi(event, context)
+        http = event["requestContext"].get("http", {})
+        log.info(
+            "request",
+            extra={
+                "method": http.get("method", event.get("httpMethod")),
+                "path": event.get("rawPath", event.get("path")),
+                "status": response.get("statusCode"),
+                "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
+            },
+        )
+        return response
 
     with_logs = log.inject_lambda_context(handler, correlation_id_path="requestContext.requestId")
     instrumented: LambdaHandler = emf.log_metrics(with_logs, capture_cold_start_metric=True)
