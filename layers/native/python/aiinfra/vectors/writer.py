@@ -6,6 +6,7 @@ so racing writers never lose each other's acknowledged updates.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import time
@@ -117,19 +118,7 @@ class IndexWriter:
         metadata: list[dict[str, Any]],
         tombstones: list[str] | None = None,
     ) -> IndexManifest:
-        def build(directory: Path, segment_id: str) -> SegmentRef:
-            return write_segment(
-                directory,
-                segment_id,
-                dimension=manifest.dimension,
-                metric=manifest.metric,
-                ids=ids,
-                vectors=vectors,
-                metadata=metadata,
-                kind="delta",
-                tombstones=tombstones or [],
-            )
-
+        build = _segment_writer(manifest, ids, vectors, metadata, kind="delta", tombstones=tombstones or [])
         return self._add_segment(manifest.name, build)
 
     def compact(self, name: str) -> IndexManifest:
@@ -140,18 +129,7 @@ class IndexWriter:
         manifest = snapshot.manifest
         index = _build_index(manifest, vectors)
 
-        def build(directory: Path, segment_id: str) -> SegmentRef:
-            return write_segment(
-                directory,
-                segment_id,
-                dimension=manifest.dimension,
-                metric=manifest.metric,
-                ids=ids,
-                vectors=vectors,
-                metadata=metadata,
-                kind="base",
-                index=index,
-            )
+        build = _segment_writer(manifest, ids, vectors, metadata, kind="base", index=index)
 
         def replace_folded(current: IndexManifest, ref: SegmentRef) -> IndexManifest:
             if current.incarnation != manifest.incarnation or current.segments[: len(base)] != base:
@@ -227,3 +205,22 @@ def _build_index(manifest: IndexManifest, vectors: np.ndarray) -> faiss.Index | 
             return None
     index.add(vectors)
     return index
+
+
+def _segment_writer(
+    manifest: IndexManifest,
+    ids: list[str],
+    vectors: np.ndarray,
+    metadata: list[dict[str, Any]],
+    **segment: Any,
+) -> Callable[[Path, str], SegmentRef]:
+    """`write_segment` for this index's items, waiting only for its scratch directory and segment id."""
+    return functools.partial(
+        write_segment,
+        dimension=manifest.dimension,
+        metric=manifest.metric,
+        ids=ids,
+        vectors=vectors,
+        metadata=metadata,
+        **segment,
+    )
