@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import uvicorn
 
 from tests.conftest import SHARED_FIXTURES
 from tests.support.functions import load_function
+from tests.support.redis_server import free_port
 
 
 @pytest.fixture(scope="session")
@@ -30,13 +30,6 @@ def reference() -> tuple[list[str], np.ndarray]:
     texts = json.loads((folder / "minilm_public.texts.json").read_text())
     vectors = np.load(folder / "minilm_public.vectors.npy")
     return texts, vectors
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
