@@ -17,6 +17,8 @@ from aiinfra.memory.resp import RedisClient
 from aiinfra.memory.schema import KMS_DATA_KEYS, memory_key
 from aiinfra.memory.store import Condition, MemoryStore, memory_store
 
+from tests.support.events import invoke, response_json
+from tests.support.functions import load_function
 from tests.support.memory import memory_settings_for
 from tests.support.redis_server import RedisServer
 
@@ -168,3 +170,22 @@ def test_an_instance_with_a_stale_keyring_reads_what_a_rotated_one_wrote(
     fresh.put(agent, "after", b"2", 600, Condition())
     assert stale.get(agent, "after").value_json == b"2"  # reloaded the keyring once, no restart
     assert stale.codec.current_key_id == fresh.codec.current_key_id
+
+
+def test_a_kms_keyring_waits_for_redis_when_redis_is_down_at_init(
+    aws: str, redis_factory: object, agent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = redis_factory()  # type: ignore[operator]
+    server.kill()
+    kms_key = boto3.client("kms").create_key(Description="memory")["KeyMetadata"]["KeyId"]
+    monkeypatch.setenv("REDIS_URL", server.url)
+    monkeypatch.setenv("MEMORY_KEYS", f"kms://{kms_key}")
+    monkeypatch.setenv("AUTH_MODE", "none")
+    function = load_function("memory")  # the init survives: a Redis outage is not a misconfiguration
+    path = f"/agents/{agent}/memories/k"
+    down = invoke(function.handler, "http", "PUT", path, {"value": 1})
+    assert down["statusCode"] == 503 and down["headers"]["retry-after"] == "1"
+    server.restart()
+    up = invoke(function.handler, "http", "PUT", path, {"value": 1})
+    assert up["statusCode"] == 201, response_json(up)
+    assert response_json(invoke(function.handler, "http", "GET", path))["value"] == 1

@@ -35,6 +35,7 @@ from aiinfra.api.errors import (
 from aiinfra.config import (
     MEMORY_MAX_TTL_SECONDS,
     AuthSettings,
+    ConfigError,
     MemorySettings,
     auth_settings,
     memory_settings,
@@ -42,7 +43,7 @@ from aiinfra.config import (
 from aiinfra.memory import store as data
 from aiinfra.memory.envelope import IntegrityError
 from aiinfra.memory.keyring import KeyringError
-from aiinfra.memory.resp import RedisUnavailable
+from aiinfra.memory.resp import RedisError, RedisUnavailable
 from aiinfra.memory.schema import NAME_PATTERN
 from aiinfra.observability import MetricUnit, logger, metrics
 
@@ -228,6 +229,18 @@ def _store_faults(agent_id: str) -> Iterator[None]:
         raise Unavailable("the memory keyring is unavailable, retry shortly", retry_after_seconds=5) from None
 
 
+def _load_keyring_at_init(store: data.MemoryStore) -> None:
+    """An unreadable or malformed key source is a misconfiguration: the init fails with one line
+    naming MEMORY_KEYS. A Redis outage is not (kms:// keeps its encrypted data keys in Redis): the
+    keyring then loads on first use, and requests answer 503 until Redis is back."""
+    try:
+        store.codec  # noqa: B018 - loading it is the point
+    except KeyringError as error:
+        raise ConfigError(f"MEMORY_KEYS={error}") from None
+    except (RedisUnavailable, RedisError) as error:
+        logger().warning("memory keyring deferred to the first request", extra={"reason": str(error)})
+
+
 def router(
     store: data.MemoryStore | None = None,
     settings: MemorySettings | None = None,
@@ -235,7 +248,9 @@ def router(
 ) -> APIRouter:
     """The memory routes over `store` (built from the environment when None)."""
     settings = settings or memory_settings()
-    store = store or data.memory_store(settings)
+    if store is None:
+        store = data.memory_store(settings)
+        _load_keyring_at_init(store)
     # A snapshot must hold no live sockets: drop them before it, open fresh ones after each restore.
     snapstart.before_snapshot(store.redis.close)
     snapstart.after_restore(store.redis.close)
