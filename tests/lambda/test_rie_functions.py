@@ -124,6 +124,9 @@ def test_an_event_of_another_shape_gets_a_400_answer_and_one_error_log_line(
     assert "Traceback" not in emulator.output()
 
 
+NO_REDIS = "redis://127.0.0.1:1/0"
+
+
 @pytest.mark.parametrize(
     ("function", "settings", "setting"),
     [
@@ -133,8 +136,8 @@ def test_an_event_of_another_shape_gets_a_400_answer_and_one_error_log_line(
         ("memory", {"REDIS_URL": "http://cache:6379", "MEMORY_KEYS": "file:///k.json"}, "REDIS_URL"),
         ("memory", {"REDIS_URL": "redis://127.0.0.1:1/0", "MEMORY_KEYS": "vault://k"}, "MEMORY_KEYS"),
         # an unreadable key source, and one that holds no keyring
-        ("memory", {"REDIS_URL": "redis://127.0.0.1:1/0", "MEMORY_KEYS": "file:///dev/null/k.json"}, "MEMORY_KEYS"),
-        ("memory", {"REDIS_URL": "redis://127.0.0.1:1/0", "MEMORY_KEYS": "file:///etc/passwd"}, "MEMORY_KEYS"),
+        ("memory", {"REDIS_URL": NO_REDIS, "MEMORY_KEYS": "file:///dev/null/k.json"}, "MEMORY_KEYS"),
+        ("memory", {"REDIS_URL": NO_REDIS, "MEMORY_KEYS": "file:///etc/passwd"}, "MEMORY_KEYS"),
     ],
 )
 def test_a_misconfigured_function_fails_its_init_with_one_line_naming_the_setting(
