@@ -11,7 +11,7 @@ import pytest
 from aiinfra.api.app import create_app
 from aiinfra.api.embed import router
 from aiinfra.cli import main
-from aiinfra.embedding.catalog import ModelCatalog
+from aiinfra.embedding.catalog import ModelCatalog, ModelNotDeployed
 from fastapi.testclient import TestClient
 
 from tests.support.search import new_bucket
@@ -75,3 +75,17 @@ def test_a_store_that_cannot_deliver_gives_503(s3: str, layer_without_fp32: Path
     assert answer.headers["retry-after"] == "5"
     assert "MODEL_STORE" in answer.json()["error"]["message"]
     assert not (tmp_path / "fetched" / FP32 / "model.onnx").exists()
+
+
+def test_a_preloading_catalog_has_its_default_model_when_the_router_is_made(layer_without_fp32: Path) -> None:
+    catalog = ModelCatalog(layer_without_fp32, INT8, 1).preload()
+    assert catalog.preloading
+    client = TestClient(create_app("embed", [router(catalog)]))
+    assert not catalog.preloading  # the router waited for the model: it was loaded during the "init"
+    assert client.post("/v1/embeddings", json={"input": "hello"}).status_code == 200
+
+
+def test_a_default_model_that_fails_to_preload_fails_the_init(layer_without_fp32: Path) -> None:
+    catalog = ModelCatalog(layer_without_fp32, FP32, 1).preload()  # fp32 is not in the layer, no store
+    with pytest.raises(ModelNotDeployed, match="not deployed here"):
+        router(catalog)

@@ -112,10 +112,15 @@ def embedder(catalog: ModelCatalog, model_id: str) -> Embedder:
 
 
 def router(catalog: ModelCatalog | None = None) -> APIRouter:
-    """The embed routes over `catalog` (built from the environment when None)."""
+    """The embed routes over `catalog` (built from the environment when None).
+
+    Unless the catalog is one a test made without `preload`, the default model serves the first
+    request: it is loaded before this returns, during the init.
+    """
     if catalog is None:
-        catalog = ModelCatalog.from_settings(embed_settings())
-        catalog.get()  # the default model serves the first request: load it during init
+        catalog = ModelCatalog.from_settings(embed_settings()).preload()
+    if catalog.preloading:
+        catalog.wait_for_preload()
         # Before a SnapStart snapshot: load every served model (fetching those from MODEL_STORE) and
         # run one inference each, so restored instances start with warm sessions.
         snapstart.before_snapshot(functools.partial(warm_up, catalog))
@@ -162,5 +167,5 @@ def router(catalog: ModelCatalog | None = None) -> APIRouter:
     return routes
 
 
-def create_embed_app() -> FastAPI:
-    return create_app("aiinfra embed", [router()])
+def create_embed_app(catalog: ModelCatalog | None = None) -> FastAPI:
+    return create_app("aiinfra embed", [router(catalog)])

@@ -37,10 +37,45 @@ class ModelCatalog:
         self.model_store = model_store
         self._loaded: dict[str, Embedder] = {}
         self._lock = threading.Lock()
+        self._preloading: threading.Thread | None = None
+        self._preload_error: Exception | None = None
 
     @classmethod
     def from_settings(cls, settings: EmbedSettings) -> ModelCatalog:
         return cls(settings.model_dir, settings.default_model, settings.threads, settings.model_store)
+
+    def preload(self) -> ModelCatalog:
+        """Starts loading the default model on a second thread and answers the catalog.
+
+        onnxruntime builds its session without holding the GIL, so during an init the model loads
+        while the web stack imports; `wait_for_preload` joins it before the init ends. The modules
+        the model needs are imported here, on the calling thread: two threads never import at once.
+        """
+        import aiinfra.embedding.embedder  # noqa: F401
+
+        def load() -> None:
+            try:
+                self.get()
+            except Exception as error:  # handed to the init by wait_for_preload
+                self._preload_error = error
+
+        self._preloading = threading.Thread(target=load, name="model-preload", daemon=True)
+        self._preloading.start()
+        return self
+
+    @property
+    def preloading(self) -> bool:
+        """Whether `preload` started a load that `wait_for_preload` has not joined yet."""
+        return self._preloading is not None
+
+    def wait_for_preload(self) -> None:
+        """Joins the preload thread; raises what stopped it from loading the default model."""
+        if self._preloading is not None:
+            self._preloading.join()
+            self._preloading = None
+        if self._preload_error is not None:
+            error, self._preload_error = self._preload_error, None
+            raise error
 
     @property
     def model_ids(self) -> tuple[str, ...]:
