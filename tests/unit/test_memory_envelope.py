@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from aiinfra._native import EnvelopeCodec
+from aiinfra._native import EnvelopeCodec, decode_replies
 from aiinfra.memory.envelope import NONCE_LEN, IntegrityError, ReferenceCodec, key_id_of
 
 from tests.conftest import REPO_ROOT
@@ -109,3 +109,17 @@ def test_codec_refuses_bad_keys() -> None:
         EnvelopeCodec({"k": bytes(32)}, "other")
     with pytest.raises(ValueError, match="key id"):
         EnvelopeCodec({"bad id": bytes(32)}, "bad id")
+
+
+@pytest.mark.parametrize(("sealer", "opener"), [(a, b) for a in CODECS for b in CODECS])
+def test_set_commands_carry_sealed_values_the_other_codec_opens(sealer: type, opener: type) -> None:
+    items = [(f"mem:{{a}}:k{i}".encode(), i + 1, 2000 + i, b'{"n": %d}' % i) for i in range(20)]
+    request = _codec(sealer).seal_set_commands(items)
+    [commands] = [decode_replies(request, len(items), ValueError)]  # a request is RESP arrays too
+    assert commands is not None
+    for (key, version, expires, plaintext), command in zip(items, commands, strict=True):
+        assert command[0] == b"SET" and command[1] == key and command[3:] == [b"PXAT", b"%d" % expires]
+        assert _codec(opener).open(key, command[2]) == (version, expires, plaintext)
+    # Every value gets a nonce of its own: no two sealed copies of one plaintext are alike.
+    again = decode_replies(_codec(sealer).seal_set_commands(items), len(items), ValueError)
+    assert again is not None and all(a[2] != b[2] for a, b in zip(commands, again, strict=True))

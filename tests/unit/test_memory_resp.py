@@ -1,10 +1,12 @@
-"""The RESP2 request encoder (Rust) the Redis client sends every command through."""
+"""The RESP2 request encoder and reply decoder (Rust) every command of the Redis client goes through."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
-from aiinfra._native import encode_commands, key_slot
-from aiinfra.memory.resp import RedisAddress
+from aiinfra._native import decode_replies, encode_commands, key_slot
+from aiinfra.memory.resp import RedisAddress, RedisError
 
 
 def test_commands_encode_as_resp2_arrays_of_bulk_strings() -> None:
@@ -37,3 +39,43 @@ def test_key_slot_follows_the_redis_cluster_spec() -> None:
     assert key_slot(b"foo{}{bar}") != key_slot(b"bar")  # an empty first tag hashes the whole key
     assert key_slot(b"{user1000}.following") == key_slot(b"{user1000}.followers")
     assert all(0 <= key_slot(f"k{i}".encode()) < 16384 for i in range(1000))
+
+
+REPLIES = (
+    b"+OK\r\n"
+    b"$12\r\nhello\r\nworld\r\n"
+    b"$-1\r\n"
+    b":-42\r\n"
+    b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+    b"*3\r\n$1\r\na\r\n*-1\r\n*2\r\n:1\r\n$0\r\n\r\n"
+    b"*0\r\n"
+)
+DECODED = [b"OK", b"hello\r\nworld", None, -42, "error", [b"a", None, [1, b""]], []]
+
+
+def _plain(replies: list[Any]) -> list[Any]:
+    return ["error" if isinstance(reply, RedisError) else reply for reply in replies]
+
+
+def test_replies_decode_to_python_values_and_errors_in_place() -> None:
+    replies = decode_replies(REPLIES, len(DECODED), RedisError)
+    assert replies is not None and _plain(replies) == DECODED
+    assert str(replies[4]).startswith("WRONGTYPE ")
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_a_reply_cut_anywhere_is_incomplete_until_its_last_byte(kind: type) -> None:
+    for cut in range(len(REPLIES)):
+        assert decode_replies(kind(REPLIES[:cut]), len(DECODED), RedisError) is None, cut
+    whole = decode_replies(kind(REPLIES), len(DECODED), RedisError)
+    assert whole is not None and _plain(whole) == DECODED
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [b"?what\r\n", b"$3\r\nabcd\r\n", b":12x\r\n", b"+OK\r\n+extra\r\n", b"\r\n"],
+    ids=["unknown type", "bulk overruns its length", "not a number", "bytes beyond", "empty line"],
+)
+def test_anything_but_resp2_breaks_the_connection(broken: bytes) -> None:
+    with pytest.raises(ConnectionError):
+        decode_replies(broken, 1, RedisError)

@@ -70,13 +70,26 @@ fn valid_key_id(key_id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// `count` fresh random nonces from one call to the OS generator (one syscall for a whole batch).
+pub fn random_nonces(count: usize) -> Result<Vec<[u8; NONCE_LEN]>, EnvelopeError> {
+    let mut bytes = vec![0u8; count * NONCE_LEN];
+    getrandom::fill(&mut bytes).map_err(|_| EnvelopeError::Random)?;
+    Ok(bytes
+        .chunks_exact(NONCE_LEN)
+        .map(|chunk| chunk.try_into().expect("chunks of NONCE_LEN"))
+        .collect())
+}
+
 impl EnvelopeCodec {
+    /// Seals `plaintext` for `redis_key` with the current key; `nonce` must be fresh from the OS
+    /// generator (`random_nonces`) and never used again.
     pub fn seal(
         &self,
         redis_key: &[u8],
         version: u64,
         expires_at_ms: u64,
         plaintext: &[u8],
+        nonce: [u8; NONCE_LEN],
     ) -> Result<Vec<u8>, EnvelopeError> {
         let key_id = self.current.as_bytes();
         let header_len = FIXED_HEADER_LEN + key_id.len();
@@ -88,8 +101,6 @@ impl EnvelopeCodec {
         out.extend_from_slice(&expires_at_ms.to_be_bytes());
         out.push(key_id.len() as u8);
         out.extend_from_slice(key_id);
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|_| EnvelopeError::Random)?;
         out.extend_from_slice(&nonce);
         // The associated data is header || Redis key: borrow the header in place, append the key after it.
         let body_start = out.len();
@@ -189,7 +200,7 @@ impl EnvelopeCodec {
     ) -> PyResult<Bound<'py, PyBytes>> {
         Ok(PyBytes::new(
             py,
-            &self.seal(redis_key, version, expires_at_ms, plaintext)?,
+            &self.seal(redis_key, version, expires_at_ms, plaintext, random_nonces(1)?[0])?,
         ))
     }
 
@@ -217,6 +228,15 @@ impl EnvelopeCodec {
         memory_batch::seal_many(py, self, items)
     }
 
+    /// The RESP bytes of `SET <redis_key> <sealed> PXAT <expires_at_ms>` per item, GIL released.
+    fn seal_set_commands<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(Bound<'py, PyBytes>, u64, u64, Bound<'py, PyBytes>)>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        memory_batch::seal_set_commands(py, self, items)
+    }
+
     /// `open` for many blobs (None = absent, answered as None), GIL released.
     fn open_many<'py>(
         &self,
@@ -232,6 +252,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EnvelopeCodec>()?;
     m.add_function(wrap_pyfunction!(memory_batch::encode_commands, m)?)?;
     m.add_function(wrap_pyfunction!(memory_batch::key_slot, m)?)?;
+    m.add_function(wrap_pyfunction!(memory_batch::decode_replies, m)?)?;
     m.add("IntegrityError", m.py().get_type::<IntegrityError>())?;
     Ok(())
 }

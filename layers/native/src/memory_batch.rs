@@ -3,7 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
-use crate::envelope::{EnvelopeCodec, EnvelopeError, IntegrityError, Opened};
+use crate::envelope::{random_nonces, EnvelopeCodec, EnvelopeError, IntegrityError, Opened};
 
 /// Seals `(redis_key, version, expires_at_ms, plaintext)` items; the answer is in the same order.
 pub fn seal_many<'py>(
@@ -20,12 +20,49 @@ pub fn seal_many<'py>(
     let sealed = py.detach(|| {
         borrowed
             .iter()
-            .map(|(key, version, expires, plaintext)| {
-                codec.seal(key, *version, *expires, plaintext)
+            .zip(random_nonces(borrowed.len())?)
+            .map(|((key, version, expires, plaintext), nonce)| {
+                codec.seal(key, *version, *expires, plaintext, nonce)
             })
             .collect::<Result<Vec<_>, EnvelopeError>>()
     })?;
     Ok(sealed.iter().map(|blob| PyBytes::new(py, blob)).collect())
+}
+
+/// `seal_many` fused with `encode_commands`: the RESP bytes of `SET <redis_key> <sealed> PXAT
+/// <expires_at_ms>` for each `(redis_key, version, expires_at_ms, plaintext)` item, written in one
+/// pass with the GIL released (no sealed value becomes a Python object on the way to the socket).
+pub fn seal_set_commands<'py>(
+    py: Python<'py>,
+    codec: &EnvelopeCodec,
+    items: Vec<(Bound<'py, PyBytes>, u64, u64, Bound<'py, PyBytes>)>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let borrowed: Vec<(&[u8], u64, u64, &[u8])> = items
+        .iter()
+        .map(|(key, version, expires, plaintext)| {
+            (key.as_bytes(), *version, *expires, plaintext.as_bytes())
+        })
+        .collect();
+    let request = py.detach(|| -> Result<Vec<u8>, EnvelopeError> {
+        let mut out = Vec::with_capacity(
+            borrowed
+                .iter()
+                .map(|(key, _, _, plaintext)| 2 * key.len() + plaintext.len() + 128)
+                .sum(),
+        );
+        for ((key, version, expires, plaintext), nonce) in
+            borrowed.iter().zip(random_nonces(borrowed.len())?)
+        {
+            let sealed = codec.seal(key, *version, *expires, plaintext, nonce)?;
+            out.extend_from_slice(b"*5\r\n$3\r\nSET\r\n");
+            write_bulk_bytes(&mut out, key);
+            write_bulk_bytes(&mut out, &sealed);
+            out.extend_from_slice(b"$4\r\nPXAT\r\n");
+            write_bulk_bytes(&mut out, expires.to_string().as_bytes());
+        }
+        Ok(out)
+    })?;
+    Ok(PyBytes::new(py, &request))
 }
 
 pub type OpenedTuple<'py> = (u64, u64, Bound<'py, PyBytes>);
@@ -74,24 +111,28 @@ pub fn open_many<'py>(
     }
 }
 
-/// One argument of a Redis command as RESP wants it: bytes as they are, text as UTF-8, integers in decimal.
-fn write_bulk(out: &mut Vec<u8>, arg: &Bound<'_, PyAny>) -> PyResult<()> {
-    let text;
-    let decimal;
-    let data: &[u8] = if let Ok(bytes) = arg.cast::<PyBytes>() {
-        bytes.as_bytes()
-    } else if let Ok(string) = arg.cast::<PyString>() {
-        text = string.to_cow()?;
-        text.as_bytes()
-    } else {
-        decimal = arg.extract::<i64>()?.to_string();
-        decimal.as_bytes()
-    };
-    out.push(b'$');
-    out.extend_from_slice(data.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+/// `prefix` then `number` in decimal then CRLF: a RESP header.
+fn write_header(out: &mut Vec<u8>, prefix: u8, number: usize) {
+    use std::io::Write;
+    out.push(prefix);
+    write!(out, "{number}\r\n").expect("writing to a Vec cannot fail");
+}
+
+fn write_bulk_bytes(out: &mut Vec<u8>, data: &[u8]) {
+    write_header(out, b'$', data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
+}
+
+/// One argument of a Redis command as RESP wants it: bytes as they are, text as UTF-8, integers in decimal.
+fn write_bulk(out: &mut Vec<u8>, arg: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Ok(bytes) = arg.cast::<PyBytes>() {
+        write_bulk_bytes(out, bytes.as_bytes());
+    } else if let Ok(string) = arg.cast::<PyString>() {
+        write_bulk_bytes(out, string.to_cow()?.as_bytes());
+    } else {
+        write_bulk_bytes(out, arg.extract::<i64>()?.to_string().as_bytes());
+    }
     Ok(())
 }
 
@@ -99,15 +140,14 @@ fn write_bulk(out: &mut Vec<u8>, arg: &Bound<'_, PyAny>) -> PyResult<()> {
 #[pyfunction]
 pub fn encode_commands<'py>(
     py: Python<'py>,
-    commands: Vec<Vec<Bound<'py, PyAny>>>,
+    commands: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let mut out = Vec::with_capacity(64 * commands.len());
-    for command in &commands {
-        out.push(b'*');
-        out.extend_from_slice(command.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for arg in command {
-            write_bulk(&mut out, arg)?;
+    let mut out = Vec::with_capacity(4096);
+    for command in commands.try_iter()? {
+        let command = command?;
+        write_header(&mut out, b'*', command.len()?);
+        for arg in command.try_iter()? {
+            write_bulk(&mut out, &arg?)?;
         }
     }
     Ok(PyBytes::new(py, &out))
@@ -136,4 +176,149 @@ pub fn key_slot(key: &[u8]) -> u16 {
         }
     }
     crc % 16384
+}
+
+/// One RESP2 reply, its payloads borrowed from the receive buffer.
+enum Reply<'a> {
+    Bulk(&'a [u8]),
+    Simple(&'a [u8]),
+    Error(&'a [u8]),
+    Integer(i64),
+    Nil,
+    Array(Vec<Reply<'a>>),
+}
+
+/// A reply that breaks RESP2: the connection can no longer be trusted.
+fn protocol_error(message: &str) -> PyErr {
+    pyo3::exceptions::PyConnectionError::new_err(format!("not a RESP2 reply: {message}"))
+}
+
+/// The line at `at` (without its CRLF) and where the next one starts; None until its CRLF arrived.
+fn line(buffer: &[u8], at: usize) -> Option<(&[u8], usize)> {
+    let end = at + buffer.get(at..)?.iter().position(|&b| b == b'\n')?;
+    (end > at && buffer[end - 1] == b'\r').then(|| (&buffer[at..end - 1], end + 1))
+}
+
+fn decimal(text: &[u8]) -> PyResult<i64> {
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| protocol_error("a length or integer is not a number"))
+}
+
+/// The reply at `at` and where the next one starts; None while the buffer does not hold all of it.
+/// Bulk payloads are skipped by their length, so a retry after more bytes arrive costs per element,
+/// not per byte.
+fn parse_reply(buffer: &[u8], at: usize) -> PyResult<Option<(Reply<'_>, usize)>> {
+    let Some((header, next)) = line(buffer, at) else {
+        return Ok(None);
+    };
+    let Some((&kind, rest)) = header.split_first() else {
+        return Err(protocol_error("an empty line"));
+    };
+    Ok(Some(match kind {
+        b'+' => (Reply::Simple(rest), next),
+        b'-' => (Reply::Error(rest), next),
+        b':' => (Reply::Integer(decimal(rest)?), next),
+        b'$' => match usize::try_from(decimal(rest)?) {
+            Err(_) => (Reply::Nil, next),
+            Ok(size) => {
+                let end = next + size;
+                if buffer.len() < end + 2 {
+                    return Ok(None);
+                }
+                if &buffer[end..end + 2] != b"\r\n" {
+                    return Err(protocol_error("a bulk string overruns its length"));
+                }
+                (Reply::Bulk(&buffer[next..end]), end + 2)
+            }
+        },
+        b'*' => match usize::try_from(decimal(rest)?) {
+            Err(_) => (Reply::Nil, next),
+            Ok(size) => {
+                let mut items = Vec::with_capacity(size.min(4096));
+                let mut position = next;
+                for _ in 0..size {
+                    let Some((item, after)) = parse_reply(buffer, position)? else {
+                        return Ok(None);
+                    };
+                    items.push(item);
+                    position = after;
+                }
+                (Reply::Array(items), position)
+            }
+        },
+        _ => return Err(protocol_error("an unknown reply type")),
+    }))
+}
+
+fn to_python<'py>(
+    py: Python<'py>,
+    reply: &Reply<'_>,
+    error_type: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match reply {
+        Reply::Bulk(data) | Reply::Simple(data) => PyBytes::new(py, data).into_any(),
+        Reply::Error(message) => error_type.call1((String::from_utf8_lossy(message),))?,
+        Reply::Integer(value) => value.into_pyobject(py)?.into_any(),
+        Reply::Nil => py.None().into_bound(py),
+        Reply::Array(items) => {
+            let converted = items
+                .iter()
+                .map(|item| to_python(py, item, error_type))
+                .collect::<PyResult<Vec<_>>>()?;
+            pyo3::types::PyList::new(py, converted)?.into_any()
+        }
+    })
+}
+
+/// The `count` replies at the start of `data`, which must hold nothing else; None while incomplete.
+fn parse_replies(data: &[u8], count: usize) -> PyResult<Option<Vec<Reply<'_>>>> {
+    let mut replies = Vec::with_capacity(count);
+    let mut position = 0;
+    for _ in 0..count {
+        let Some((reply, after)) = parse_reply(data, position)? else {
+            return Ok(None);
+        };
+        replies.push(reply);
+        position = after;
+    }
+    if position != data.len() {
+        return Err(protocol_error("bytes beyond the replies of the pipeline"));
+    }
+    Ok(Some(replies))
+}
+
+/// The `count` replies a pipeline gets, decoded from `buffer` (bytes, or a bytearray that grows as
+/// more arrives); None while it does not hold them all yet. Error replies become
+/// `error_type(message)` values in place; bytes beyond the last reply, or anything that is not
+/// RESP2, raise ConnectionError.
+#[pyfunction]
+pub fn decode_replies<'py>(
+    py: Python<'py>,
+    buffer: &Bound<'py, PyAny>,
+    count: usize,
+    error_type: &Bound<'py, PyAny>,
+) -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
+    let owned;
+    let data: &[u8] = if let Ok(bytes) = buffer.cast::<PyBytes>() {
+        bytes.as_bytes()
+    } else {
+        let array = buffer.cast::<pyo3::types::PyByteArray>()?;
+        // SAFETY: no Python code runs while the bytearray is borrowed (the completeness check calls
+        // none), so it cannot be resized under us; the replies are then decoded from a copy.
+        if parse_replies(unsafe { array.as_bytes() }, count)?.is_none() {
+            return Ok(None);
+        }
+        owned = array.to_vec();
+        &owned
+    };
+    let Some(replies) = parse_replies(data, count)? else {
+        return Ok(None);
+    };
+    replies
+        .iter()
+        .map(|reply| to_python(py, reply, error_type))
+        .collect::<PyResult<Vec<_>>>()
+        .map(Some)
 }

@@ -1,6 +1,7 @@
 """Typed face of the compiled extension `aiinfra._native`."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 __version__: str
 
@@ -29,12 +30,19 @@ class EnvelopeCodec:
     def seal(self, redis_key: bytes, version: int, expires_at_ms: int, plaintext: bytes) -> bytes: ...
     def open(self, redis_key: bytes, blob: bytes) -> tuple[int, int, bytes]: ...
     def seal_many(self, items: list[tuple[bytes, int, int, bytes]]) -> list[bytes]: ...
+    def seal_set_commands(self, items: list[tuple[bytes, int, int, bytes]]) -> bytes: ...
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]
     ) -> list[tuple[int, int, bytes] | None]: ...
 
 def encode_commands(commands: Sequence[Sequence[bytes | str | int]]) -> bytes:
     """The RESP2 request bytes of a pipeline of Redis commands."""
+
+def decode_replies(
+    buffer: bytes | bytearray, count: int, error_type: Callable[[str], Exception]
+) -> list[Any] | None:
+    """The `count` RESP2 replies of a pipeline in `buffer`, or None while it holds only part of them;
+    error replies become `error_type(message)` values in place."""
 
 def key_slot(key: bytes) -> int:
     """The Redis Cluster slot of a key (CRC16 of its hash tag, mod 16384)."""

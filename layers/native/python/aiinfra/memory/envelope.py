@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Mapping
 
-from aiinfra._native import IntegrityError
+from aiinfra._native import IntegrityError, encode_commands
 
 __all__ = ["FORMAT", "IntegrityError", "ReferenceCodec", "key_id_of", "version_bytes"]
 
@@ -89,6 +89,13 @@ class ReferenceCodec:
 
     def seal_many(self, items: list[tuple[bytes, int, int, bytes]]) -> list[bytes]:
         return [self.seal(*item) for item in items]
+
+    def seal_set_commands(self, items: list[tuple[bytes, int, int, bytes]]) -> bytes:
+        """The RESP bytes of `SET <redis_key> <sealed> PXAT <expires_at_ms>` per item."""
+        sealed = self.seal_many(items)
+        return encode_commands(
+            [["SET", item[0], blob, "PXAT", item[2]] for item, blob in zip(items, sealed, strict=True)]
+        )
 
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]

@@ -15,12 +15,13 @@ import socket
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from aiinfra._native import encode_commands, key_slot
+from aiinfra._native import decode_replies, encode_commands, key_slot
 
 Arg = bytes | str | int
+RECEIVE_BYTES = 1 << 16
 
 
 class RedisError(Exception):
@@ -66,50 +67,35 @@ class _Connection:
 
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=address.host)
         self._sock = sock
-        self._reader: BinaryIO = sock.makefile("rb")
         setup: list[list[Arg]] = []
         if address.password is not None:
             auth: list[Arg] = ["AUTH", address.password]
             setup.append(auth if address.username is None else ["AUTH", address.username, address.password])
         if address.db:
             setup.append(["SELECT", address.db])
-        for reply in self.roundtrip(setup) if setup else ():
+        for reply in self.roundtrip(encode_commands(setup), len(setup)) if setup else ():
             if isinstance(reply, RedisError):
                 self.close()
                 raise RedisUnavailable(f"redis refused the connection set-up: {reply}")
 
-    def roundtrip(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
-        self._sock.sendall(encode_commands(commands))
-        return [self._read() for _ in commands]
+    def roundtrip(self, request: bytes, count: int) -> list[Any]:
+        self._sock.sendall(request)
+        received: bytes | bytearray = self._receive()
+        while (replies := decode_replies(received, count, RedisError)) is None:
+            if isinstance(received, bytes):
+                received = bytearray(received)  # a long reply: grow one buffer, never re-copy it whole
+            received += self._receive()
+        return replies
 
-    def _read(self) -> Any:
-        line = self._reader.readline()
-        if not line.endswith(b"\r\n"):
+    def _receive(self) -> bytes:
+        chunk = self._sock.recv(RECEIVE_BYTES)
+        if not chunk:
             raise ConnectionError("redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"$":
-            size = int(rest)
-            if size < 0:
-                return None
-            data = self._reader.read(size + 2)
-            if len(data) != size + 2:
-                raise ConnectionError("redis closed the connection")
-            return data[:-2]
-        if kind == b"*":
-            size = int(rest)
-            return None if size < 0 else [self._read() for _ in range(size)]
-        if kind == b":":
-            return int(rest)
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            return RedisError(rest.decode(errors="replace"))
-        raise ConnectionError(f"not a RESP2 reply: {line[:20]!r}")
+        return chunk
 
     def close(self) -> None:
-        for closable in (self._reader, self._sock):
-            with contextlib.suppress(OSError):
-                closable.close()
+        with contextlib.suppress(OSError):
+            self._sock.close()
 
 
 class Script:
@@ -139,11 +125,15 @@ class RedisClient:
     def pipeline(self, commands: Sequence[Sequence[Arg]], key: Arg | None = None) -> list[Any]:
         """Sends every command at once (all about `key`'s slot) and answers their replies; error
         replies come back as RedisError values in place, so the caller sees which command failed."""
+        return self.send(encode_commands(commands), len(commands), key)
+
+    def send(self, request: bytes, count: int, key: Arg | None = None) -> list[Any]:
+        """`pipeline` for a request already encoded as the RESP bytes of `count` commands."""
         node = (self.address.host, self.address.port)
         if key is not None:
             node = self._slots.get(key_slot(key if isinstance(key, bytes) else str(key).encode()), node)
         for _ in range(MAX_REDIRECTS + 1):
-            replies = self._roundtrip(node, commands)
+            replies = self._roundtrip(node, request, count)
             # A MOVED reply means that node executed nothing of ours (a MULTI it answers with EXECABORT).
             moved = next(
                 (str(r) for r in replies if isinstance(r, RedisError) and str(r).startswith("MOVED ")), ""
@@ -157,7 +147,7 @@ class RedisClient:
                 self._slots[int(slot)] = node
         raise RedisUnavailable(f"redis cluster redirected a command more than {MAX_REDIRECTS} times")
 
-    def _roundtrip(self, node: Node, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+    def _roundtrip(self, node: Node, request: bytes, count: int) -> list[Any]:
         with self._lock:
             idle = self._idle.setdefault(node, [])
             connection = idle.pop() if idle else None
@@ -166,7 +156,7 @@ class RedisClient:
                 connection = _Connection(
                     dataclasses.replace(self.address, host=node[0], port=node[1]), self.timeout
                 )
-            replies = connection.roundtrip(commands)
+            replies = connection.roundtrip(request, count)
         except (OSError, ValueError) as error:
             if connection is not None:
                 connection.close()

@@ -1,0 +1,37 @@
+"""The lean Redis client against a real redis-server: replies longer than one socket read."""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from aiinfra.memory.resp import RedisClient
+from aiinfra.memory.store import MemoryStore
+
+from tests.support.redis_server import RedisServer
+
+
+def test_a_reply_of_many_reads_arrives_whole(
+    redis_server: RedisServer, raw_redis: redis.Redis, agent: str
+) -> None:
+    value = os.urandom(5 * 2**20)  # 80 socket reads of 64 KiB at least
+    raw_redis.set(f"big:{agent}", value)
+    client = RedisClient(redis_server.url, 5.0)
+    assert client.call("GET", f"big:{agent}") == value
+    assert client.pipeline([["STRLEN", f"big:{agent}"], ["GET", f"big:{agent}"], ["PING"]]) == [
+        len(value),
+        value,
+        b"PONG",
+    ]
+    assert client.call("GET", f"big:{agent}") == value  # the connection went back to the pool in step
+
+
+def test_a_batch_of_large_values_round_trips(store: MemoryStore, agent: str) -> None:
+    values = [b'"%s"' % os.urandom(100 * 1024).hex().encode() for _ in range(40)]  # 200 KiB each, 8 MiB
+    items = [(f"k{i:04d}", value, 600) for i, value in enumerate(values)]
+    written = store.batch_put(agent, items)
+    read = store.batch_get(agent, [key for key, _, _ in items] + ["absent"])
+    assert read[-1] is None
+    assert [(m.key, m.version, m.value_json) for m in read[:-1] if m is not None] == [
+        (m.key, m.version, value) for m, value in zip(written, values, strict=True)
+    ]
