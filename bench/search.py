@@ -39,7 +39,7 @@ QUERIES = 1000
 K = 10
 THREADS = 2
 SINGLE_QUERIES = 300
-OURS = {"HNSW32": (16, 24, 32, 48, 64, 96, 128)}
+OURS = {"HNSW32": (16, 24, 32, 48, 64, 96, 128), "HNSW32,SQ8,RFlat": (24, 32, 36, 40, 48, 64, 96)}
 SWEEPS: dict[str, tuple[int, ...]] = {
     "ivf": (1, 8, 16, 32, 64, 128),
     "hnswlib": (10, 20, 32, 48, 64, 96, 128),
@@ -180,7 +180,10 @@ def run_hnswlib(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> Non
 
 
 def store_root(folder: Path, factory: str) -> Path:
-    return folder / ("store-" + re.sub(r"[^A-Za-z0-9]+", "-", factory))
+    """Where our index is cached, per factory and per graph-building setting (a change rebuilds it)."""
+    from aiinfra.vectors.writer import HNSW_EF_CONSTRUCTION
+
+    return folder / ("store-" + re.sub(r"[^A-Za-z0-9]+", "-", factory) + f"-efc{HNSW_EF_CONSTRUCTION}")
 
 
 def run_build(folder: Path, factory: str) -> None:

@@ -124,7 +124,12 @@ def test_query_scores_reupsert_and_delete(client: Any) -> None:
 
 @pytest.mark.parametrize(
     ("factory", "params"),
-    [("HNSW16", {"ef_search": 64}), ("IVF8,Flat", {"nprobe": 8}), ("IVF4,PQ4x4", {"nprobe": 4})],
+    [
+        ("HNSW16", {"ef_search": 64}),
+        ("IVF8,Flat", {"nprobe": 8}),
+        ("IVF4,PQ4x4", {"nprobe": 4}),
+        ("HNSW16,SQ8,RFlat", {"ef_search": 64}),
+    ],
 )
 def test_trained_factories_find_neighbours_and_honour_filters(
     search_client: SearchClient, file_store: FileStore, factory: str, params: dict[str, int]
@@ -158,6 +163,28 @@ def test_trained_factories_find_neighbours_and_honour_filters(
         ).json()["matches"]
         assert len(wide) == 5 and all(int(m["id"].split("-")[1]) % 2 == 1 for m in wide)
     assert found >= 9
+
+
+def test_a_refined_factory_reranks_with_exact_scores_from_the_segments_own_vectors(
+    search_client: SearchClient, file_store: FileStore, tmp_path: Path
+) -> None:
+    client = search_client(file_store)
+    body = {"dimension": DIM, "metric": "ip", "factory": "IVF4,PQ4x4,RFlat"}
+    assert client.put("/indexes/refined", json=body).status_code == 201
+    items = _items(600, seed=2)
+    assert client.post("/indexes/refined/upsert", json={"items": items}).status_code == 200
+    assert client.post("/indexes/refined/compact").json()["segments"] == 1
+    vectors = np.array([item["vector"] for item in items], dtype=np.float32)
+    query = vectors[7] + 0.1
+    answer = client.post("/indexes/refined/query", json={"vector": query.tolist(), "k": 5, "nprobe": 4})
+    matches = answer.json()["matches"]
+    # PQ4x4 codes alone score far from exact; the re-ranking gives the exact inner products.
+    exact = {f"item-{i}": float(vectors[i] @ query) for i in range(600)}
+    assert all(abs(m["score"] - exact[m["id"]]) < 1e-4 for m in matches)
+    assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
+    # The exact vectors are stored once: index.faiss holds the PQ codes only, not a second copy.
+    [base] = [p.parent for p in (tmp_path / "indexes").rglob("index.faiss")]
+    assert (base / "index.faiss").stat().st_size < (base / "vectors.faiss").stat().st_size / 4
 
 
 def test_a_second_instance_sees_a_write_after_the_refresh_window(
