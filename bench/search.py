@@ -39,7 +39,7 @@ QUERIES = 1000
 K = 10
 THREADS = 2
 SINGLE_QUERIES = 300
-OURS = {"HNSW32": (16, 24, 32, 48, 64, 96, 128), "HNSW32,SQ8,RFlat": (24, 32, 36, 40, 48, 64, 96)}
+OURS = {"HNSW32,SQ8,RFlat": (24, 32, 36, 40, 48, 64, 96)}
 SWEEPS: dict[str, tuple[int, ...]] = {
     "ivf": (1, 8, 16, 32, 64, 128),
     "hnswlib": (10, 20, 32, 48, 64, 96, 128),
