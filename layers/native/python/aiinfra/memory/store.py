@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
 from typing import Any, NamedTuple, Protocol
 
 from aiinfra._native import encode_commands
@@ -240,7 +239,9 @@ class MemoryStore:
                 for key, version, expires, (_, value, _) in zip(keys, versions, expiries, items, strict=True)
             ]
         )
-        members: list[Arg] = ["ZADD", index, *chain.from_iterable(zip(repeat(b"0"), keys))]
+        members: list[Arg] = ["ZADD", index]
+        for key in keys:
+            members += (b"0", key)
         closing = encode_commands([members, ["PEXPIRE", index, INDEX_TTL_MS], ["EXEC"]])
         request = b"".join((_MULTI, sets, closing))
         executed = self.redis.send(request, len(items) + 4, index)[-1]
