@@ -223,7 +223,7 @@ impl EnvelopeCodec {
     fn seal_many<'py>(
         &self,
         py: Python<'py>,
-        items: Vec<(Bound<'py, PyBytes>, u64, u64, Bound<'py, PyBytes>)>,
+        items: Vec<memory_batch::SealItem<'py>>,
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         memory_batch::seal_many(py, self, items)
     }
@@ -232,7 +232,7 @@ impl EnvelopeCodec {
     fn seal_set_commands<'py>(
         &self,
         py: Python<'py>,
-        items: Vec<(Bound<'py, PyBytes>, u64, u64, Bound<'py, PyBytes>)>,
+        items: Vec<memory_batch::SealItem<'py>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         memory_batch::seal_set_commands(py, self, items)
     }

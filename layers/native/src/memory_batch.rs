@@ -5,18 +5,26 @@ use pyo3::types::{PyBytes, PyString};
 
 use crate::envelope::{random_nonces, EnvelopeCodec, EnvelopeError, IntegrityError, Opened};
 
-/// Seals `(redis_key, version, expires_at_ms, plaintext)` items; the answer is in the same order.
-pub fn seal_many<'py>(
-    py: Python<'py>,
-    codec: &EnvelopeCodec,
-    items: Vec<(Bound<'py, PyBytes>, u64, u64, Bound<'py, PyBytes>)>,
-) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    let borrowed: Vec<(&[u8], u64, u64, &[u8])> = items
+/// `(redis_key, version, expires_at_ms, plaintext)`: one memory to seal.
+pub type SealItem<'py> = (Bound<'py, PyBytes>, u64, u64, Bound<'py, PyBytes>);
+
+/// The items' bytes, borrowed so the sealing can run with the GIL released.
+fn borrow_items<'a>(items: &'a [SealItem<'_>]) -> Vec<(&'a [u8], u64, u64, &'a [u8])> {
+    items
         .iter()
         .map(|(key, version, expires, plaintext)| {
             (key.as_bytes(), *version, *expires, plaintext.as_bytes())
         })
-        .collect();
+        .collect()
+}
+
+/// Seals `(redis_key, version, expires_at_ms, plaintext)` items; the answer is in the same order.
+pub fn seal_many<'py>(
+    py: Python<'py>,
+    codec: &EnvelopeCodec,
+    items: Vec<SealItem<'py>>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let borrowed = borrow_items(&items);
     let sealed = py.detach(|| {
         borrowed
             .iter()
@@ -35,14 +43,9 @@ pub fn seal_many<'py>(
 pub fn seal_set_commands<'py>(
     py: Python<'py>,
     codec: &EnvelopeCodec,
-    items: Vec<(Bound<'py, PyBytes>, u64, u64, Bound<'py, PyBytes>)>,
+    items: Vec<SealItem<'py>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let borrowed: Vec<(&[u8], u64, u64, &[u8])> = items
-        .iter()
-        .map(|(key, version, expires, plaintext)| {
-            (key.as_bytes(), *version, *expires, plaintext.as_bytes())
-        })
-        .collect();
+    let borrowed = borrow_items(&items);
     let request = py.detach(|| -> Result<Vec<u8>, EnvelopeError> {
         let mut out = Vec::with_capacity(
             borrowed
@@ -140,14 +143,13 @@ fn write_bulk(out: &mut Vec<u8>, arg: &Bound<'_, PyAny>) -> PyResult<()> {
 #[pyfunction]
 pub fn encode_commands<'py>(
     py: Python<'py>,
-    commands: &Bound<'py, PyAny>,
+    commands: Vec<Vec<Bound<'py, PyAny>>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let mut out = Vec::with_capacity(4096);
-    for command in commands.try_iter()? {
-        let command = command?;
-        write_header(&mut out, b'*', command.len()?);
-        for arg in command.try_iter()? {
-            write_bulk(&mut out, &arg?)?;
+    let mut out = Vec::with_capacity(64 * commands.len());
+    for command in &commands {
+        write_header(&mut out, b'*', command.len());
+        for arg in command {
+            write_bulk(&mut out, arg)?;
         }
     }
     Ok(PyBytes::new(py, &out))
