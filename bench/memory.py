@@ -389,7 +389,8 @@ def main() -> None:
             "## Through the Lambda handler (API Gateway HTTP API events, payload 2.0)",
             "",
             f"{HANDLER_OPS} single requests and {BATCH_REPS} batch requests each; our function checks the "
-            "JWT agents claim on every request, the straightforward handler has no authorization.",
+            "JWT agents claim and writes one JSON log line (Powertools) plus EMF metrics on every request;"
+            " the straightforward handler has no authorization and logs nothing.",
             "",
             table(handlers, None),
             "",
