@@ -140,8 +140,9 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _new_version() -> int:
-    return int.from_bytes(os.urandom(8), "big") or 1
+def _new_versions(count: int) -> list[int]:
+    """`count` random 64-bit versions from one OS call; never 0 (0 is no version)."""
+    return [version or 1 for version in struct.unpack(f">{count}Q", os.urandom(8 * count))]
 
 
 class MemoryStore:
@@ -190,7 +191,7 @@ class MemoryStore:
     ) -> tuple[Memory, bool]:
         """Writes one memory; answers it and whether it was created (vs. replaced)."""
         redis_key = memory_key(agent_id, key)
-        version, expires = _new_version(), _now_ms() + ttl * 1000
+        [version], expires = _new_versions(1), _now_ms() + ttl * 1000
         blob = self.codec.seal(redis_key, version, expires, value_json)
         args: list[Arg] = [blob, expires, condition.mode, version_bytes(condition.version), key, INDEX_TTL_MS]
         outcome = self._run(_PUT, [redis_key, index_key(agent_id)], args)
@@ -226,7 +227,7 @@ class MemoryStore:
     def batch_put(self, agent_id: str, items: Sequence[tuple[str, bytes, int]]) -> list[Memory]:
         """Writes `(key, value_json, ttl)` items atomically: after a fault, none of them or all."""
         now = _now_ms()
-        versions = [version or 1 for version in struct.unpack(f">{len(items)}Q", os.urandom(8 * len(items)))]
+        versions = _new_versions(len(items))
         expiries = [now + ttl * 1000 for _, _, ttl in items]
         keys = [key for key, _, _ in items]
         prefix, index = memory_prefix(agent_id), index_key(agent_id)
