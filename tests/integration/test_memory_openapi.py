@@ -20,3 +20,15 @@ def memory_schema(redis_server: RedisServer, keyring_uri: str) -> schemathesis.B
 def test_memory_api_conforms_to_its_schema(memory_schema: schemathesis.BaseSchema) -> None:
     # A random version in If-Match is stale: 412 is the right answer there, not a rejection.
     assert assert_conforms(memory_schema, excluded_checks=[positive_data_acceptance]) == 6
+
+
+def test_the_precondition_headers_are_documented(memory_schema: schemathesis.BaseSchema) -> None:
+    operations = memory_schema.raw_schema["paths"]["/agents/{agent_id}/memories/{key}"]
+
+    def headers(method: str) -> dict[str, str]:
+        parameters = operations[method]["parameters"]
+        return {p["name"]: p["schema"]["pattern"] for p in parameters if p["in"] == "header"}
+
+    assert headers("put") == {"If-Match": r'^(\*|[0-9a-f]{16}|"[0-9a-f]{16}")$', "If-None-Match": r"^\*$"}
+    assert headers("delete") == {"If-Match": r'^(\*|[0-9a-f]{16}|"[0-9a-f]{16}")$'}
+    assert "If-Match" not in headers("get")

@@ -121,30 +121,60 @@ def test_an_event_that_is_not_api_gateway_gets_a_clear_400(embed_function: Modul
     assert response_json(response)["error"]["type"] == "invalid_event"
 
 
-def test_every_invocation_logs_json_and_emits_emf_metrics(
-    embed_function: ModuleType, capsys: pytest.CaptureFixture[str]
-) -> None:
+def logged_lines(
+    handler: Any, event: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> list[dict[str, Any]]:
+    """The JSON lines one invocation writes: the Logger's (to its own stream) and EMF's (stdout)."""
     from aiinfra.observability import logger, metrics
 
     metrics().clear_metrics()  # what other tests' app-level calls left unflushed
     log_stream = io.StringIO()
     previous = logger().registered_handler.setStream(log_stream)  # the Logger's stdout, captured here
     capsys.readouterr()
-    event = api_gateway_event("http", "POST", "/v1/embeddings", json.dumps({"input": ["one text", "two"]}))
     try:
-        assert embed_function.handler(event, LambdaContext("embed"))["statusCode"] == 200
+        assert handler(event, LambdaContext("embed"))["statusCode"] == 200
     finally:
         logger().registered_handler.setStream(previous)
     output = log_stream.getvalue() + capsys.readouterr().out
-    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+EMBED_TWO = json.dumps({"input": ["one text", "two"]})
+
+
+def test_every_invocation_logs_json_and_emits_emf_metrics(
+    embed_function: ModuleType, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trace = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    monkeypatch.setenv("_X_AMZN_TRACE_ID", trace)
+    event = api_gateway_event("http", "POST", "/v1/embeddings", EMBED_TWO)
+    lines = logged_lines(embed_function.handler, event, capsys)
     (log,) = [line for line in lines if line.get("message") == "request"]
     assert log["level"] == "INFO" and log["service"] == "embed"
     assert log["status"] == 200 and log["path"] == "/v1/embeddings" and log["method"] == "POST"
     assert log["function_request_id"] == LambdaContext("embed").aws_request_id
     assert log["correlation_id"] == event["requestContext"]["requestId"]
-    assert isinstance(log["cold_start"], bool)
+    assert log["xray_trace_id"] == "1-5759e988-bd862e3fe1be46a994272793"
+    assert isinstance(log["cold_start"], bool) and log["duration_ms"] > 0
     (emf,) = [line for line in lines if "_aws" in line and "Texts" in line]
     names = {m["Name"] for m in emf["_aws"]["CloudWatchMetrics"][0]["Metrics"]}
     assert {"Texts", "Tokens", "EmbedLatency"} <= names
     assert emf["Texts"] == [2.0] and emf["Tokens"][0] >= 4 and emf["EmbedLatency"][0] > 0
     assert emf["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "aiinfra"
+
+
+def test_a_log_level_above_info_drops_the_request_line(
+    embed_function: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from aiinfra.observability import logger
+
+    level = logger().log_level
+    logger().setLevel("WARNING")
+    try:
+        lines = logged_lines(
+            embed_function.handler, api_gateway_event("http", "POST", "/v1/embeddings", EMBED_TWO), capsys
+        )
+    finally:
+        logger().setLevel(level)
+    assert [line for line in lines if "_aws" in line]  # the metrics still go out
+    assert not [line for line in lines if line.get("message") == "request"]

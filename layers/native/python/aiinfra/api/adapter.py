@@ -10,7 +10,7 @@ from typing import Any
 from mangum import Mangum
 
 from aiinfra import snapstart
-from aiinfra.observability import logger, metrics
+from aiinfra.observability import log_request, logger, metrics
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
 
@@ -45,14 +45,11 @@ def lambda_handler(app: Any, service: str) -> LambdaHandler:
         started = time.perf_counter()
         response = asgi(event, context)
         http = event["requestContext"].get("http", {})
-        log.info(
-            "request",
-            extra={
-                "method": http.get("method", event.get("httpMethod")),
-                "path": event.get("rawPath", event.get("path")),
-                "status": response.get("statusCode"),
-                "duration_ms": round((time.perf_counter() - started) * 1e3, 3),
-            },
+        log_request(
+            method=http.get("method", event.get("httpMethod")),
+            path=event.get("rawPath", event.get("path")),
+            status=response.get("statusCode"),
+            duration_ms=round((time.perf_counter() - started) * 1e3, 3),
         )
         return response
 

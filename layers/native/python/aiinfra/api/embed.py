@@ -50,7 +50,10 @@ def _check_texts(value: Any) -> Any:
     return value
 
 
-Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_INPUT_CHARS, pattern=r"\S")]
+# Something other than whitespace, as str.isspace() counts it: the Unicode White_Space that JSON
+# Schema's \s means, plus the separators U+001C..U+001F.
+NOT_BLANK = r"[^\s\x1c-\x1f]"
+Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_INPUT_CHARS, pattern=NOT_BLANK)]
 Texts = Annotated[list[Text], Field(min_length=1, max_length=MAX_INPUTS)]
 
 

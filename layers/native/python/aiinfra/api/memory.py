@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Header, Path, Query, Request
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from starlette.responses import Response
 
@@ -63,28 +63,23 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
-def _header_schema(pattern: str, description: str) -> Callable[[dict[str, Any]], None]:
-    """A header is a string or absent: document it so, never as nullable (a header cannot be null)."""
-
-    def rewrite(schema: dict[str, Any]) -> None:
-        schema.clear()
-        schema.update(type="string", pattern=pattern, description=description)
-
-    return rewrite
-
-
 Seconds = Annotated[int, BeforeValidator(_whole_number), Field(gt=0, le=MEMORY_MAX_TTL_SECONDS)]
-IfMatch = Annotated[
-    str | None,
-    Header(
-        json_schema_extra=_header_schema(
-            r'^(\*|[0-9a-f]{16}|"[0-9a-f]{16}")$', 'a version, bare or quoted as its ETag, or "*" (exists)'
-        )
-    ),
-]
-IfNoneMatch = Annotated[
-    str | None, Header(json_schema_extra=_header_schema(r"^\*$", 'only "*": create, never replace'))
-]
+
+
+def _header(name: str, pattern: str, description: str) -> dict[str, Any]:
+    schema = {"type": "string", "pattern": pattern}
+    return {"name": name, "in": "header", "required": False, "schema": schema, "description": description}
+
+
+# The precondition headers are read from the request, not declared as FastAPI Header parameters:
+# resolving a declared header costs ~20 us per request, 7 % of a whole put. The OpenAPI document
+# still lists them.
+IF_MATCH = _header(
+    "If-Match",
+    r'^(\*|[0-9a-f]{16}|"[0-9a-f]{16}")$',
+    'a version, bare or quoted as its ETag, or "*" (exists)',
+)
+IF_NONE_MATCH = _header("If-None-Match", r"^\*$", 'only "*": create, never replace')
 
 
 class PutMemory(BaseModel):
@@ -269,17 +264,11 @@ def router(
         "/agents/{agent_id}/memories/{key}",
         response_class=Response,
         responses={200: {"model": WrittenOne}, 201: {"model": WrittenOne}, **one},
+        openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH]},
     )
-    async def put_memory(
-        request: Request,
-        agent_id: AgentId,
-        key: Key,
-        body: PutMemory,
-        if_match: IfMatch = None,
-        if_none_match: IfNoneMatch = None,
-    ) -> Response:
+    async def put_memory(request: Request, agent_id: AgentId, key: Key, body: PutMemory) -> Response:
         allow(request, agent_id)
-        condition = _condition(if_match, if_none_match)
+        condition = _condition(request.headers.get("if-match"), request.headers.get("if-none-match"))
         value = _value_json(body.value, settings.max_value_bytes, "value")
         with _store_faults(agent_id):
             memory, created = store.put(agent_id, key, value, body.ttl or settings.default_ttl, condition)
@@ -298,13 +287,15 @@ def router(
         return json_response({"agent_id": agent_id, **_read(memory)}, headers=_etag(memory.version))
 
     @routes.delete(
-        "/agents/{agent_id}/memories/{key}", status_code=204, response_class=Response, responses=one
+        "/agents/{agent_id}/memories/{key}",
+        status_code=204,
+        response_class=Response,
+        responses=one,
+        openapi_extra={"parameters": [IF_MATCH]},
     )
-    async def delete_memory(
-        request: Request, agent_id: AgentId, key: Key, if_match: IfMatch = None
-    ) -> Response:
+    async def delete_memory(request: Request, agent_id: AgentId, key: Key) -> Response:
         allow(request, agent_id)
-        condition = _condition(if_match, None)
+        condition = _condition(request.headers.get("if-match"), None)
         with _store_faults(agent_id):
             store.delete(agent_id, key, condition)
         return Response(status_code=204)
