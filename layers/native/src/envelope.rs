@@ -6,8 +6,7 @@
 //! agent, version or expiry fails to open.
 use std::collections::HashMap;
 
-use aes_gcm::aead::{AeadInOut, KeyInit, Tag};
-use aes_gcm::{Aes256Gcm, Nonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -58,8 +57,9 @@ impl From<EnvelopeError> for PyErr {
 /// The decrypting keys by id, and the one new values are sealed with.
 #[pyclass(frozen, module = "aiinfra._native")]
 pub struct EnvelopeCodec {
-    ciphers: HashMap<String, Aes256Gcm>,
+    ciphers: HashMap<String, LessSafeKey>,
     current: String,
+    current_cipher: LessSafeKey,
 }
 
 fn valid_key_id(key_id: &str) -> bool {
@@ -91,29 +91,60 @@ impl EnvelopeCodec {
         plaintext: &[u8],
         nonce: [u8; NONCE_LEN],
     ) -> Result<Vec<u8>, EnvelopeError> {
+        let mut out = Vec::with_capacity(self.sealed_len(plaintext.len()));
+        self.seal_into(
+            &mut out,
+            &mut Vec::new(),
+            redis_key,
+            version,
+            expires_at_ms,
+            plaintext,
+            nonce,
+        )?;
+        Ok(out)
+    }
+
+    /// How many bytes `seal` makes of a plaintext of `plaintext_len` bytes.
+    pub fn sealed_len(&self, plaintext_len: usize) -> usize {
+        FIXED_HEADER_LEN + self.current.len() + NONCE_LEN + plaintext_len + TAG_LEN
+    }
+
+    /// `seal`, appending the envelope to `out`; `aad` is scratch space a batch reuses.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_into(
+        &self,
+        out: &mut Vec<u8>,
+        aad: &mut Vec<u8>,
+        redis_key: &[u8],
+        version: u64,
+        expires_at_ms: u64,
+        plaintext: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Result<(), EnvelopeError> {
         let key_id = self.current.as_bytes();
-        let header_len = FIXED_HEADER_LEN + key_id.len();
-        let mut out = Vec::with_capacity(
-            header_len + NONCE_LEN + plaintext.len() + TAG_LEN + redis_key.len(),
-        );
+        let start = out.len();
         out.push(FORMAT);
         out.extend_from_slice(&version.to_be_bytes());
         out.extend_from_slice(&expires_at_ms.to_be_bytes());
         out.push(key_id.len() as u8);
         out.extend_from_slice(key_id);
+        // The associated data is header || Redis key.
+        aad.clear();
+        aad.extend_from_slice(&out[start..]);
+        aad.extend_from_slice(redis_key);
         out.extend_from_slice(&nonce);
-        // The associated data is header || Redis key: borrow the header in place, append the key after it.
         let body_start = out.len();
         out.extend_from_slice(plaintext);
-        let mut aad = Vec::with_capacity(header_len + redis_key.len());
-        aad.extend_from_slice(&out[..header_len]);
-        aad.extend_from_slice(redis_key);
-        let cipher = &self.ciphers[&self.current];
-        let tag = cipher
-            .encrypt_inout_detached(&Nonce::from(nonce), &aad, (&mut out[body_start..]).into())
+        let tag = self
+            .current_cipher
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_slice()),
+                &mut out[body_start..],
+            )
             .map_err(|_| EnvelopeError::TooLarge)?;
-        out.extend_from_slice(tag.as_slice());
-        Ok(out)
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
     }
 
     pub fn open(&self, redis_key: &[u8], blob: &[u8]) -> Result<Opened, EnvelopeError> {
@@ -133,17 +164,18 @@ impl EnvelopeCodec {
             .try_into()
             .expect("length checked");
         let tag_start = blob.len() - TAG_LEN;
-        let tag = Tag::<Aes256Gcm>::try_from(&blob[tag_start..]).expect("length checked");
+        let tag = Tag::try_from(&blob[tag_start..]).expect("length checked");
         let mut aad = Vec::with_capacity(header_len + redis_key.len());
         aad.extend_from_slice(&blob[..header_len]);
         aad.extend_from_slice(redis_key);
         let mut plaintext = blob[header_len + NONCE_LEN..tag_start].to_vec();
         cipher
-            .decrypt_inout_detached(
-                &Nonce::from(nonce),
-                &aad,
-                plaintext.as_mut_slice().into(),
-                &tag,
+            .open_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_slice()),
+                tag,
+                &mut plaintext,
+                0..,
             )
             .map_err(|_| EnvelopeError::Integrity("authentication failed"))?;
         Ok(Opened {
@@ -168,19 +200,20 @@ impl EnvelopeCodec {
                     "key id {key_id:?} must match [A-Za-z0-9._-]{{1,64}}"
                 )));
             }
-            let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| {
+            let cipher = UnboundKey::new(&AES_256_GCM, &key).map_err(|_| {
                 PyValueError::new_err(format!("key {key_id:?} must be {KEY_LEN} bytes"))
             })?;
-            ciphers.insert(key_id, cipher);
+            ciphers.insert(key_id, LessSafeKey::new(cipher));
         }
-        if !ciphers.contains_key(current) {
+        let Some(current_cipher) = ciphers.get(current).cloned() else {
             return Err(PyValueError::new_err(format!(
                 "current key {current:?} is not in the keyring"
             )));
-        }
+        };
         Ok(Self {
             ciphers,
             current: current.to_owned(),
+            current_cipher,
         })
     }
 
@@ -200,7 +233,13 @@ impl EnvelopeCodec {
     ) -> PyResult<Bound<'py, PyBytes>> {
         Ok(PyBytes::new(
             py,
-            &self.seal(redis_key, version, expires_at_ms, plaintext, random_nonces(1)?[0])?,
+            &self.seal(
+                redis_key,
+                version,
+                expires_at_ms,
+                plaintext,
+                random_nonces(1)?[0],
+            )?,
         ))
     }
 
@@ -228,13 +267,30 @@ impl EnvelopeCodec {
         memory_batch::seal_many(py, self, items)
     }
 
-    /// The RESP bytes of `SET <redis_key> <sealed> PXAT <expires_at_ms>` per item, GIL released.
-    fn seal_set_commands<'py>(
+    /// The RESP bytes of an atomic batch put: MULTI, a `SET .. PXAT` per memory, the index update, EXEC.
+    #[allow(clippy::too_many_arguments)]
+    fn seal_batch_put<'py>(
         &self,
         py: Python<'py>,
-        items: Vec<memory_batch::SealItem<'py>>,
+        prefix: &[u8],
+        index_key: &[u8],
+        index_ttl_ms: u64,
+        keys: Vec<String>,
+        versions: Vec<u64>,
+        expiries: Vec<u64>,
+        values: Vec<Bound<'py, PyBytes>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        memory_batch::seal_set_commands(py, self, items)
+        memory_batch::seal_batch_put(
+            py,
+            self,
+            prefix,
+            index_key,
+            index_ttl_ms,
+            keys,
+            versions,
+            expiries,
+            values,
+        )
     }
 
     /// `open` for many blobs (None = absent, answered as None), GIL released.

@@ -56,16 +56,26 @@ fn bits_where(rows: usize, pred: impl Fn(usize) -> bool) -> Vec<u64> {
 
 fn little_endian_f64(raw: &[u8], rows: usize, key: &str) -> PyResult<Vec<f64>> {
     if raw.len() != rows * 8 {
-        return Err(PyValueError::new_err(format!("numeric column {key:?}: expected {rows} float64 values")));
+        return Err(PyValueError::new_err(format!(
+            "numeric column {key:?}: expected {rows} float64 values"
+        )));
     }
-    Ok(raw.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect())
+    Ok(raw
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+        .collect())
 }
 
 fn little_endian_u32(raw: &[u8], rows: usize, key: &str) -> PyResult<Vec<u32>> {
     if raw.len() != rows * 4 {
-        return Err(PyValueError::new_err(format!("token column {key:?}: expected {rows} uint32 codes")));
+        return Err(PyValueError::new_err(format!(
+            "token column {key:?}: expected {rows} uint32 codes"
+        )));
     }
-    Ok(raw.chunks_exact(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
+    Ok(raw
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect())
 }
 
 impl MetadataColumns {
@@ -75,7 +85,10 @@ impl MetadataColumns {
             let Some(column) = self.tokens.get(key) else {
                 return Ok(vec![0; words_for(rows)]);
             };
-            let wanted: HashSet<u32> = tokens.iter().filter_map(|t| column.vocabulary.get(t).copied()).collect();
+            let wanted: HashSet<u32> = tokens
+                .iter()
+                .filter_map(|t| column.vocabulary.get(t).copied())
+                .collect();
             return Ok(match wanted.len() {
                 0 => vec![0; words_for(rows)],
                 1 => {
@@ -91,7 +104,9 @@ impl MetadataColumns {
         if op == OP_NUM_IN {
             return Ok(bits_where(rows, |row| numbers.contains(&values[row])));
         }
-        let bound = *numbers.first().ok_or_else(|| PyValueError::new_err("comparison without a value"))?;
+        let bound = *numbers
+            .first()
+            .ok_or_else(|| PyValueError::new_err("comparison without a value"))?;
         // Comparisons with NaN are false, so an absent number never matches.
         Ok(match op {
             OP_GT => bits_where(rows, |row| values[row] > bound),
@@ -158,7 +173,11 @@ impl MetadataColumns {
             let vocabulary = vocabulary.into_iter().zip(0u32..).collect();
             token_columns.insert(key, TokenColumn { codes, vocabulary });
         }
-        Ok(Self { rows, numeric: numeric_columns, tokens: token_columns })
+        Ok(Self {
+            rows,
+            numeric: numeric_columns,
+            tokens: token_columns,
+        })
     }
 
     #[getter]
@@ -167,10 +186,18 @@ impl MetadataColumns {
     }
 
     /// The rows matching `program` as a FAISS bitmap (`ceil(rows / 8)` bytes), and how many match.
-    fn select<'py>(&self, py: Python<'py>, program: Vec<Instruction>) -> PyResult<(Bound<'py, PyBytes>, usize)> {
+    fn select<'py>(
+        &self,
+        py: Python<'py>,
+        program: Vec<Instruction>,
+    ) -> PyResult<(Bound<'py, PyBytes>, usize)> {
         let words = py.detach(|| self.evaluate(&program))?;
         let count = words.iter().map(|w| w.count_ones() as usize).sum();
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).take(self.rows.div_ceil(8)).collect();
+        let bytes: Vec<u8> = words
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .take(self.rows.div_ceil(8))
+            .collect();
         Ok((PyBytes::new(py, &bytes), count))
     }
 }

@@ -37,32 +37,65 @@ pub fn seal_many<'py>(
     Ok(sealed.iter().map(|blob| PyBytes::new(py, blob)).collect())
 }
 
-/// `seal_many` fused with `encode_commands`: the RESP bytes of `SET <redis_key> <sealed> PXAT
-/// <expires_at_ms>` for each `(redis_key, version, expires_at_ms, plaintext)` item, written in one
-/// pass with the GIL released (no sealed value becomes a Python object on the way to the socket).
-pub fn seal_set_commands<'py>(
+/// The whole request of an atomic batch put, sealed and written in one pass with the GIL released
+/// (no sealed value becomes a Python object on its way to the socket): `MULTI`, then
+/// `SET <prefix><key> <sealed> PXAT <expires_at_ms>` per memory, `ZADD <index_key> 0 <key> ...`,
+/// `PEXPIRE <index_key> <index_ttl_ms>` and `EXEC`.
+#[allow(clippy::too_many_arguments)]
+pub fn seal_batch_put<'py>(
     py: Python<'py>,
     codec: &EnvelopeCodec,
-    items: Vec<SealItem<'py>>,
+    prefix: &[u8],
+    index_key: &[u8],
+    index_ttl_ms: u64,
+    keys: Vec<String>,
+    versions: Vec<u64>,
+    expiries: Vec<u64>,
+    values: Vec<Bound<'py, PyBytes>>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let borrowed = borrow_items(&items);
+    let count = keys.len();
+    if versions.len() != count || expiries.len() != count || values.len() != count {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "keys, versions, expiries and values differ in length",
+        ));
+    }
+    let values: Vec<&[u8]> = values.iter().map(|value| value.as_bytes()).collect();
     let request = py.detach(|| -> Result<Vec<u8>, EnvelopeError> {
-        let mut out = Vec::with_capacity(
-            borrowed
-                .iter()
-                .map(|(key, _, _, plaintext)| 2 * key.len() + plaintext.len() + 128)
-                .sum(),
-        );
-        for ((key, version, expires, plaintext), nonce) in
-            borrowed.iter().zip(random_nonces(borrowed.len())?)
+        let size: usize = (keys.iter().zip(&values))
+            .map(|(key, value)| codec.sealed_len(value.len()) + 2 * (prefix.len() + key.len()) + 96)
+            .sum();
+        let mut out = Vec::with_capacity(size + 128);
+        let (mut aad, mut redis_key) = (Vec::new(), Vec::new());
+        out.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+        for (((key, version), expires), (value, nonce)) in keys
+            .iter()
+            .zip(&versions)
+            .zip(&expiries)
+            .zip(values.iter().zip(random_nonces(count)?))
         {
-            let sealed = codec.seal(key, *version, *expires, plaintext, nonce)?;
+            redis_key.clear();
+            redis_key.extend_from_slice(prefix);
+            redis_key.extend_from_slice(key.as_bytes());
             out.extend_from_slice(b"*5\r\n$3\r\nSET\r\n");
-            write_bulk_bytes(&mut out, key);
-            write_bulk_bytes(&mut out, &sealed);
-            out.extend_from_slice(b"$4\r\nPXAT\r\n");
-            write_bulk_bytes(&mut out, expires.to_string().as_bytes());
+            write_bulk_bytes(&mut out, &redis_key);
+            write_header(&mut out, b'$', codec.sealed_len(value.len()));
+            codec.seal_into(
+                &mut out, &mut aad, &redis_key, *version, *expires, value, nonce,
+            )?;
+            out.extend_from_slice(b"\r\n$4\r\nPXAT\r\n");
+            write_bulk_decimal(&mut out, *expires);
         }
+        write_header(&mut out, b'*', 2 + 2 * count);
+        write_bulk_bytes(&mut out, b"ZADD");
+        write_bulk_bytes(&mut out, index_key);
+        for key in &keys {
+            out.extend_from_slice(b"$1\r\n0\r\n");
+            write_bulk_bytes(&mut out, key.as_bytes());
+        }
+        out.extend_from_slice(b"*3\r\n$7\r\nPEXPIRE\r\n");
+        write_bulk_bytes(&mut out, index_key);
+        write_bulk_decimal(&mut out, index_ttl_ms);
+        out.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         Ok(out)
     })?;
     Ok(PyBytes::new(py, &request))
@@ -114,17 +147,39 @@ pub fn open_many<'py>(
     }
 }
 
+/// `number` in decimal, without going through `fmt` (a batch writes hundreds of them).
+fn write_decimal(out: &mut Vec<u8>, mut number: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (number % 10) as u8;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
 /// `prefix` then `number` in decimal then CRLF: a RESP header.
 fn write_header(out: &mut Vec<u8>, prefix: u8, number: usize) {
-    use std::io::Write;
     out.push(prefix);
-    write!(out, "{number}\r\n").expect("writing to a Vec cannot fail");
+    write_decimal(out, number as u64);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn write_bulk_bytes(out: &mut Vec<u8>, data: &[u8]) {
     write_header(out, b'$', data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A non-negative integer argument, in decimal.
+fn write_bulk_decimal(out: &mut Vec<u8>, number: u64) {
+    let mut digits = Vec::with_capacity(20);
+    write_decimal(&mut digits, number);
+    write_bulk_bytes(out, &digits);
 }
 
 /// One argument of a Redis command as RESP wants it: bytes as they are, text as UTF-8, integers in decimal.
@@ -134,7 +189,11 @@ fn write_bulk(out: &mut Vec<u8>, arg: &Bound<'_, PyAny>) -> PyResult<()> {
     } else if let Ok(string) = arg.cast::<PyString>() {
         write_bulk_bytes(out, string.to_cow()?.as_bytes());
     } else {
-        write_bulk_bytes(out, arg.extract::<i64>()?.to_string().as_bytes());
+        let number = arg.extract::<i64>()?;
+        match u64::try_from(number) {
+            Ok(unsigned) => write_bulk_decimal(out, unsigned),
+            Err(_) => write_bulk_bytes(out, number.to_string().as_bytes()),
+        }
     }
     Ok(())
 }

@@ -90,12 +90,29 @@ class ReferenceCodec:
     def seal_many(self, items: list[tuple[bytes, int, int, bytes]]) -> list[bytes]:
         return [self.seal(*item) for item in items]
 
-    def seal_set_commands(self, items: list[tuple[bytes, int, int, bytes]]) -> bytes:
-        """The RESP bytes of `SET <redis_key> <sealed> PXAT <expires_at_ms>` per item."""
-        sealed = self.seal_many(items)
-        return encode_commands(
-            [["SET", item[0], blob, "PXAT", item[2]] for item, blob in zip(items, sealed, strict=True)]
-        )
+    def seal_batch_put(
+        self,
+        prefix: bytes,
+        index_key: bytes,
+        index_ttl_ms: int,
+        keys: list[str],
+        versions: list[int],
+        expiries: list[int],
+        values: list[bytes],
+    ) -> bytes:
+        """The RESP bytes of an atomic batch put: `MULTI`, `SET <prefix><key> <sealed> PXAT
+        <expires_at_ms>` per memory, `ZADD <index_key> 0 <key> ...`, `PEXPIRE <index_key>
+        <index_ttl_ms>`, `EXEC`."""
+        redis_keys = [prefix + key.encode() for key in keys]
+        sealed = self.seal_many(list(zip(redis_keys, versions, expiries, values, strict=True)))
+        sets: list[list[bytes | str | int]] = [
+            ["SET", redis_key, blob, "PXAT", expires]
+            for redis_key, blob, expires in zip(redis_keys, sealed, expiries, strict=True)
+        ]
+        index: list[bytes | str | int] = ["ZADD", index_key]
+        for key in keys:
+            index += ("0", key)
+        return encode_commands([["MULTI"], *sets, index, ["PEXPIRE", index_key, index_ttl_ms], ["EXEC"]])
 
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]

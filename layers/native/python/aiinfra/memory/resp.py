@@ -130,17 +130,17 @@ class RedisClient:
     def send(self, request: bytes, count: int, key: Arg | None = None) -> list[Any]:
         """`pipeline` for a request already encoded as the RESP bytes of `count` commands."""
         node = (self.address.host, self.address.port)
-        if key is not None:
+        if key is not None and self._slots:  # the slot map is empty until a cluster redirects us
             node = self._slots.get(key_slot(key if isinstance(key, bytes) else str(key).encode()), node)
         for _ in range(MAX_REDIRECTS + 1):
             replies = self._roundtrip(node, request, count)
             # A MOVED reply means that node executed nothing of ours (a MULTI it answers with EXECABORT).
-            moved = next(
-                (str(r) for r in replies if isinstance(r, RedisError) and str(r).startswith("MOVED ")), ""
-            )
-            if not moved:
+            for reply in replies:
+                if isinstance(reply, RedisError) and str(reply).startswith("MOVED "):
+                    break
+            else:
                 return replies
-            _, slot, target = moved.split(" ")
+            _, slot, target = str(reply).split(" ")
             host, _, port = target.rpartition(":")
             node = (host or self.address.host, int(port))
             with self._lock:
