@@ -6,7 +6,7 @@ import os
 
 import redis
 from aiinfra.memory.resp import RedisClient
-from aiinfra.memory.store import MemoryStore
+from aiinfra.memory.store import _LIST, _PUT, Condition, MemoryStore
 
 from tests.support.redis_server import RedisServer
 
@@ -35,3 +35,14 @@ def test_a_batch_of_large_values_round_trips(store: MemoryStore, agent: str) -> 
     assert [(m.key, m.version, m.value_json) for m in read[:-1] if m is not None] == [
         (m.key, m.version, value) for m, value in zip(written, values, strict=True)
     ]
+
+
+def test_a_redis_that_lost_its_scripts_is_given_them_again(
+    store: MemoryStore, raw_redis: redis.Redis, agent: str
+) -> None:
+    first, _ = store.put(agent, "plan", b'{"step": 1}', 60, Condition())
+    raw_redis.script_flush()  # what a restart or a failover to a fresh replica leaves
+    memory, created = store.put(agent, "plan", b'{"step": 2}', 60, Condition("match", first.version))
+    assert not created and store.get(agent, "plan") == memory._replace(value_json=b'{"step": 2}')
+    assert store.list_keys(agent, "", 10, "") == (["plan"], None)
+    assert raw_redis.script_exists(*(script.sha for script in (_PUT, _LIST))) == [True, True]

@@ -111,42 +111,51 @@ def test_codec_refuses_bad_keys() -> None:
         EnvelopeCodec({"bad id": bytes(32)}, "bad id")
 
 
-def _batch_put_request(codec: Any, count: int) -> list[Any]:
-    """The commands of a batch-put request of `count` memories, decoded (a request is RESP arrays too)."""
+def _batch_put_request(codec: Any, count: int) -> tuple[list[Any], list[int]]:
+    """The commands of a batch-put request of `count` memories, decoded (a request is RESP arrays
+    too), and the versions the codec gave them."""
     keys = [f"k{i}" for i in range(count)]
-    request = codec.seal_batch_put(
-        b"mem:{a}:",
-        b"idx:{a}",
-        86_400_000,
-        keys,
-        [i + 1 for i in range(count)],
-        [2000 + i for i in range(count)],
-        [b'{"n": %d}' % i for i in range(count)],
-    )
+    expiries = [2000 + i for i in range(count)]
+    values = [b'{"n": %d}' % i for i in range(count)]
+    request, versions = codec.seal_batch_put(b"mem:{a}:", b"idx:{a}", 86_400_000, keys, expiries, values)
     commands = decode_replies(request, count + 4, ValueError)
     assert commands is not None
-    return commands
+    return commands, versions
 
 
 @pytest.mark.parametrize(("sealer", "opener"), [(a, b) for a in CODECS for b in CODECS])
 def test_a_batch_put_request_carries_sealed_values_the_other_codec_opens(sealer: type, opener: type) -> None:
-    commands = _batch_put_request(_codec(sealer), 20)
+    commands, versions = _batch_put_request(_codec(sealer), 20)
     assert commands[0] == [b"MULTI"] and commands[-1] == [b"EXEC"]
     assert commands[-3] == [b"ZADD", b"idx:{a}", *[part for i in range(20) for part in (b"0", b"k%d" % i)]]
     assert commands[-2] == [b"PEXPIRE", b"idx:{a}", b"86400000"]
+    assert len(set(versions)) == 20 and 0 not in versions
     for i, command in enumerate(commands[1:-3]):
         key = b"mem:{a}:k%d" % i
         assert command[0] == b"SET" and command[1] == key and command[3:] == [b"PXAT", b"%d" % (2000 + i)]
-        assert _codec(opener).open(key, command[2]) == (i + 1, 2000 + i, b'{"n": %d}' % i)
+        assert _codec(opener).open(key, command[2]) == (versions[i], 2000 + i, b'{"n": %d}' % i)
     # Every value gets a nonce of its own: no two sealed copies of one plaintext are alike.
-    again = _batch_put_request(_codec(sealer), 20)
+    again, _ = _batch_put_request(_codec(sealer), 20)
     assert all(a[2] != b[2] for a, b in zip(commands[1:-3], again[1:-3], strict=True))
+
+
+@pytest.mark.parametrize(("sealer", "opener"), [(a, b) for a in CODECS for b in CODECS])
+def test_a_sealed_command_carries_a_value_the_other_codec_opens(sealer: type, opener: type) -> None:
+    key = b"mem:{a}:plan"
+    head, tail = ["EVALSHA", "f" * 40, 2, key, b"idx:{a}"], [5000, "match", bytes(8), "plan", -1]
+    request, version = _codec(sealer).seal_command(head, key, 5000, b'{"step": 2}', tail)
+    [command] = decode_replies(request, 1, ValueError) or []
+    assert command[:5] == [b"EVALSHA", b"f" * 40, b"2", key, b"idx:{a}"]
+    assert command[6:] == [b"5000", b"match", bytes(8), b"plan", b"-1"]
+    assert _codec(opener).open(key, command[5]) == (version, 5000, b'{"step": 2}')
+    _, another = _codec(sealer).seal_command(head, key, 5000, b'{"step": 2}', tail)
+    assert version != another and 0 not in (version, another)
 
 
 def test_both_codecs_write_the_same_batch_put_request_but_for_the_sealed_values() -> None:
     def without_values(commands: list[Any]) -> list[Any]:
         return [command[:2] + command[3:] if command[0] == b"SET" else command for command in commands]
 
-    native, reference = (_batch_put_request(_codec(codec), 5) for codec in CODECS)
+    (native, _), (reference, _) = (_batch_put_request(_codec(codec), 5) for codec in CODECS)
     assert without_values(native) == without_values(reference)
     assert [len(c[2]) for c in native[1:-3]] == [len(c[2]) for c in reference[1:-3]]

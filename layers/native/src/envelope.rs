@@ -6,11 +6,11 @@
 //! agent, version or expiry fails to open.
 use std::collections::HashMap;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 
 use crate::memory_batch;
 
@@ -77,6 +77,22 @@ pub fn random_nonces(count: usize) -> Result<Vec<[u8; NONCE_LEN]>, EnvelopeError
     Ok(bytes
         .chunks_exact(NONCE_LEN)
         .map(|chunk| chunk.try_into().expect("chunks of NONCE_LEN"))
+        .collect())
+}
+
+/// A fresh random version (never 0: 0 means "no version") and nonce for each of `count` new
+/// envelopes, from one call to the OS generator.
+pub fn fresh_writes(count: usize) -> Result<Vec<(u64, [u8; NONCE_LEN])>, EnvelopeError> {
+    const WRITE_LEN: usize = 8 + NONCE_LEN;
+    let mut bytes = vec![0u8; count * WRITE_LEN];
+    getrandom::fill(&mut bytes).map_err(|_| EnvelopeError::Random)?;
+    Ok(bytes
+        .chunks_exact(WRITE_LEN)
+        .map(|chunk| {
+            let version = u64::from_be_bytes(chunk[..8].try_into().expect("8 bytes"));
+            let nonce = chunk[8..].try_into().expect("NONCE_LEN bytes");
+            (version.max(1), nonce)
+        })
         .collect())
 }
 
@@ -267,7 +283,22 @@ impl EnvelopeCodec {
         memory_batch::seal_many(py, self, items)
     }
 
-    /// The RESP bytes of an atomic batch put: MULTI, a `SET .. PXAT` per memory, the index update, EXEC.
+    /// One command's RESP bytes: the `head` arguments, a new envelope of `plaintext` for `redis_key`
+    /// (fresh version and nonce), then the `tail` arguments; and the new version.
+    fn seal_command<'py>(
+        &self,
+        py: Python<'py>,
+        head: Vec<Bound<'py, PyAny>>,
+        redis_key: &[u8],
+        expires_at_ms: u64,
+        plaintext: &[u8],
+        tail: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<(Bound<'py, PyBytes>, u64)> {
+        memory_batch::seal_command(py, self, head, redis_key, expires_at_ms, plaintext, tail)
+    }
+
+    /// The RESP bytes of an atomic batch put (MULTI, a `SET .. PXAT` per memory, the index update,
+    /// EXEC), and the memories' new versions.
     #[allow(clippy::too_many_arguments)]
     fn seal_batch_put<'py>(
         &self,
@@ -276,10 +307,9 @@ impl EnvelopeCodec {
         index_key: &[u8],
         index_ttl_ms: u64,
         keys: Vec<String>,
-        versions: Vec<u64>,
         expiries: Vec<u64>,
         values: Vec<Bound<'py, PyBytes>>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
         memory_batch::seal_batch_put(
             py,
             self,
@@ -287,7 +317,6 @@ impl EnvelopeCodec {
             index_key,
             index_ttl_ms,
             keys,
-            versions,
             expiries,
             values,
         )

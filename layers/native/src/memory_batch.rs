@@ -3,7 +3,9 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
-use crate::envelope::{random_nonces, EnvelopeCodec, EnvelopeError, IntegrityError, Opened};
+use crate::envelope::{
+    fresh_writes, random_nonces, EnvelopeCodec, EnvelopeError, IntegrityError, Opened,
+};
 
 /// `(redis_key, version, expires_at_ms, plaintext)`: one memory to seal.
 pub type SealItem<'py> = (Bound<'py, PyBytes>, u64, u64, Bound<'py, PyBytes>);
@@ -37,10 +39,48 @@ pub fn seal_many<'py>(
     Ok(sealed.iter().map(|blob| PyBytes::new(py, blob)).collect())
 }
 
+/// One command's RESP bytes: `head`, then a new envelope of `plaintext` for `redis_key` (fresh
+/// version and nonce), then `tail`; and the new version. A single write: sealed with the GIL held,
+/// releasing it would cost more than the sealing.
+pub fn seal_command<'py>(
+    py: Python<'py>,
+    codec: &EnvelopeCodec,
+    head: Vec<Bound<'py, PyAny>>,
+    redis_key: &[u8],
+    expires_at_ms: u64,
+    plaintext: &[u8],
+    tail: Vec<Bound<'py, PyAny>>,
+) -> PyResult<(Bound<'py, PyBytes>, u64)> {
+    let [(version, nonce)] = fresh_writes(1)?[..] else {
+        unreachable!("one write asked for")
+    };
+    let sealed_len = codec.sealed_len(plaintext.len());
+    let mut out = Vec::with_capacity(sealed_len + 64 * (head.len() + tail.len() + 1));
+    write_header(&mut out, b'*', head.len() + 1 + tail.len());
+    for arg in &head {
+        write_bulk(&mut out, arg)?;
+    }
+    write_header(&mut out, b'$', sealed_len);
+    codec.seal_into(
+        &mut out,
+        &mut Vec::new(),
+        redis_key,
+        version,
+        expires_at_ms,
+        plaintext,
+        nonce,
+    )?;
+    out.extend_from_slice(b"\r\n");
+    for arg in &tail {
+        write_bulk(&mut out, arg)?;
+    }
+    Ok((PyBytes::new(py, &out), version))
+}
+
 /// The whole request of an atomic batch put, sealed and written in one pass with the GIL released
 /// (no sealed value becomes a Python object on its way to the socket): `MULTI`, then
 /// `SET <prefix><key> <sealed> PXAT <expires_at_ms>` per memory, `ZADD <index_key> 0 <key> ...`,
-/// `PEXPIRE <index_key> <index_ttl_ms>` and `EXEC`.
+/// `PEXPIRE <index_key> <index_ttl_ms>` and `EXEC`; and the memories' new versions.
 #[allow(clippy::too_many_arguments)]
 pub fn seal_batch_put<'py>(
     py: Python<'py>,
@@ -49,29 +89,26 @@ pub fn seal_batch_put<'py>(
     index_key: &[u8],
     index_ttl_ms: u64,
     keys: Vec<String>,
-    versions: Vec<u64>,
     expiries: Vec<u64>,
     values: Vec<Bound<'py, PyBytes>>,
-) -> PyResult<Bound<'py, PyBytes>> {
+) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
     let count = keys.len();
-    if versions.len() != count || expiries.len() != count || values.len() != count {
+    if expiries.len() != count || values.len() != count {
         return Err(pyo3::exceptions::PyValueError::new_err(
-            "keys, versions, expiries and values differ in length",
+            "keys, expiries and values differ in length",
         ));
     }
     let values: Vec<&[u8]> = values.iter().map(|value| value.as_bytes()).collect();
-    let request = py.detach(|| -> Result<Vec<u8>, EnvelopeError> {
+    let (request, versions) = py.detach(|| -> Result<(Vec<u8>, Vec<u64>), EnvelopeError> {
+        let writes = fresh_writes(count)?;
         let size: usize = (keys.iter().zip(&values))
             .map(|(key, value)| codec.sealed_len(value.len()) + 2 * (prefix.len() + key.len()) + 96)
             .sum();
         let mut out = Vec::with_capacity(size + 128);
         let (mut aad, mut redis_key) = (Vec::new(), Vec::new());
         out.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
-        for (((key, version), expires), (value, nonce)) in keys
-            .iter()
-            .zip(&versions)
-            .zip(&expiries)
-            .zip(values.iter().zip(random_nonces(count)?))
+        for ((key, expires), (value, (version, nonce))) in
+            keys.iter().zip(&expiries).zip(values.iter().zip(&writes))
         {
             redis_key.clear();
             redis_key.extend_from_slice(prefix);
@@ -80,7 +117,7 @@ pub fn seal_batch_put<'py>(
             write_bulk_bytes(&mut out, &redis_key);
             write_header(&mut out, b'$', codec.sealed_len(value.len()));
             codec.seal_into(
-                &mut out, &mut aad, &redis_key, *version, *expires, value, nonce,
+                &mut out, &mut aad, &redis_key, *version, *expires, value, *nonce,
             )?;
             out.extend_from_slice(b"\r\n$4\r\nPXAT\r\n");
             write_bulk_decimal(&mut out, *expires);
@@ -96,9 +133,9 @@ pub fn seal_batch_put<'py>(
         write_bulk_bytes(&mut out, index_key);
         write_bulk_decimal(&mut out, index_ttl_ms);
         out.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-        Ok(out)
+        Ok((out, writes.iter().map(|(version, _)| *version).collect()))
     })?;
-    Ok(PyBytes::new(py, &request))
+    Ok((PyBytes::new(py, &request), versions))
 }
 
 pub type OpenedTuple<'py> = (u64, u64, Bound<'py, PyBytes>);

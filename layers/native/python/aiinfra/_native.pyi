@@ -30,16 +30,23 @@ class EnvelopeCodec:
     def seal(self, redis_key: bytes, version: int, expires_at_ms: int, plaintext: bytes) -> bytes: ...
     def open(self, redis_key: bytes, blob: bytes) -> tuple[int, int, bytes]: ...
     def seal_many(self, items: list[tuple[bytes, int, int, bytes]]) -> list[bytes]: ...
+    def seal_command(
+        self,
+        head: Sequence[bytes | str | int],
+        redis_key: bytes,
+        expires_at_ms: int,
+        plaintext: bytes,
+        tail: Sequence[bytes | str | int],
+    ) -> tuple[bytes, int]: ...
     def seal_batch_put(
         self,
         prefix: bytes,
         index_key: bytes,
         index_ttl_ms: int,
         keys: list[str],
-        versions: list[int],
         expiries: list[int],
         values: list[bytes],
-    ) -> bytes: ...
+    ) -> tuple[bytes, list[int]]: ...
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]
     ) -> list[tuple[int, int, bytes] | None]: ...

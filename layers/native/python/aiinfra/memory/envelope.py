@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from aiinfra._native import IntegrityError, encode_commands
 
-__all__ = ["FORMAT", "IntegrityError", "ReferenceCodec", "key_id_of", "version_bytes"]
+__all__ = ["FORMAT", "IntegrityError", "ReferenceCodec", "key_id_of", "new_versions", "version_bytes"]
+
+Arg = bytes | str | int
 
 FORMAT = 1
 NONCE_LEN = 12
 TAG_LEN = 16
 KEY_LEN = 32
 _FIXED = struct.Struct(">BQQB")
+
+
+def new_versions(count: int) -> list[int]:
+    """`count` random 64-bit versions from one OS call; never 0 (0 is no version)."""
+    return [version or 1 for version in struct.unpack(f">{count}Q", os.urandom(8 * count))]
 
 
 def version_bytes(version: int) -> bytes:
@@ -90,29 +97,44 @@ class ReferenceCodec:
     def seal_many(self, items: list[tuple[bytes, int, int, bytes]]) -> list[bytes]:
         return [self.seal(*item) for item in items]
 
+    def seal_command(
+        self,
+        head: Sequence[Arg],
+        redis_key: bytes,
+        expires_at_ms: int,
+        plaintext: bytes,
+        tail: Sequence[Arg],
+    ) -> tuple[bytes, int]:
+        """One command's RESP bytes: `head`, a new envelope of `plaintext` for `redis_key` (fresh
+        version and nonce), then `tail`; and the new version."""
+        [version] = new_versions(1)
+        sealed = self.seal(redis_key, version, expires_at_ms, plaintext)
+        return encode_commands([[*head, sealed, *tail]]), version
+
     def seal_batch_put(
         self,
         prefix: bytes,
         index_key: bytes,
         index_ttl_ms: int,
         keys: list[str],
-        versions: list[int],
         expiries: list[int],
         values: list[bytes],
-    ) -> bytes:
+    ) -> tuple[bytes, list[int]]:
         """The RESP bytes of an atomic batch put: `MULTI`, `SET <prefix><key> <sealed> PXAT
         <expires_at_ms>` per memory, `ZADD <index_key> 0 <key> ...`, `PEXPIRE <index_key>
-        <index_ttl_ms>`, `EXEC`."""
+        <index_ttl_ms>`, `EXEC`; and the memories' new versions."""
+        versions = new_versions(len(keys))
         redis_keys = [prefix + key.encode() for key in keys]
         sealed = self.seal_many(list(zip(redis_keys, versions, expiries, values, strict=True)))
-        sets: list[list[bytes | str | int]] = [
+        sets: list[list[Arg]] = [
             ["SET", redis_key, blob, "PXAT", expires]
             for redis_key, blob, expires in zip(redis_keys, sealed, expiries, strict=True)
         ]
-        index: list[bytes | str | int] = ["ZADD", index_key]
+        index: list[Arg] = ["ZADD", index_key]
         for key in keys:
             index += ("0", key)
-        return encode_commands([["MULTI"], *sets, index, ["PEXPIRE", index_key, index_ttl_ms], ["EXEC"]])
+        request = encode_commands([["MULTI"], *sets, index, ["PEXPIRE", index_key, index_ttl_ms], ["EXEC"]])
+        return request, versions
 
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]

@@ -99,11 +99,16 @@ class _Connection:
 
 
 class Script:
-    """A Lua script run by EVALSHA, loaded with EVAL when the server does not hold it yet."""
+    """A Lua script run by EVALSHA, loaded with SCRIPT LOAD when the server does not hold it yet."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self.load = encode_commands([["SCRIPT", "LOAD", source]])
+
+    def request(self, keys: Sequence[Arg], args: Sequence[Arg]) -> bytes:
+        """The EVALSHA that runs the script on `keys` and `args`."""
+        return encode_commands([["EVALSHA", self.sha, len(keys), *keys, *args]])
 
 
 Node = tuple[str, int]
@@ -175,10 +180,15 @@ class RedisClient:
         return reply
 
     def run(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        key = keys[0] if keys else None
-        reply = self.pipeline([["EVALSHA", script.sha, len(keys), *keys, *args]], key)[0]
+        """Runs `script` on `keys` and `args`; an error reply raises RedisError."""
+        return self.run_encoded(script, script.request(keys, args), keys[0] if keys else None)
+
+    def run_encoded(self, script: Script, request: bytes, key: Arg | None) -> Any:
+        """`run` for `request`, an EVALSHA of `script` already encoded. A server without the script
+        (restarted, failed over) gets it loaded, then the same request."""
+        reply = self.send(request, 1, key)[0]
         if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
-            reply = self.pipeline([["EVAL", script.source, len(keys), *keys, *args]], key)[0]
+            reply = self.send(script.load + request, 2, key)[1]
         if isinstance(reply, RedisError):
             raise reply
         return reply

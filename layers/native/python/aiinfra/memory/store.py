@@ -8,8 +8,6 @@ the agent's key index updated. A batch put is one MULTI/EXEC: all of its items o
 from __future__ import annotations
 
 import itertools
-import os
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,16 +32,18 @@ class Codec(Protocol):
     def seal(self, redis_key: bytes, version: int, expires_at_ms: int, plaintext: bytes) -> bytes: ...
     def open(self, redis_key: bytes, blob: bytes) -> tuple[int, int, bytes]: ...
     def seal_many(self, items: list[tuple[bytes, int, int, bytes]]) -> list[bytes]: ...
+    def seal_command(
+        self, head: Sequence[Arg], redis_key: bytes, expires_at_ms: int, plaintext: bytes, tail: Sequence[Arg]
+    ) -> tuple[bytes, int]: ...
     def seal_batch_put(
         self,
         prefix: bytes,
         index_key: bytes,
         index_ttl_ms: int,
         keys: list[str],
-        versions: list[int],
         expiries: list[int],
         values: list[bytes],
-    ) -> bytes: ...
+    ) -> tuple[bytes, list[int]]: ...
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]
     ) -> list[tuple[int, int, bytes] | None]: ...
@@ -147,11 +147,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _new_versions(count: int) -> list[int]:
-    """`count` random 64-bit versions from one OS call; never 0 (0 is no version)."""
-    return [version or 1 for version in struct.unpack(f">{count}Q", os.urandom(8 * count))]
-
-
 class MemoryStore:
     """One Redis, one keyring: what the memory routes and the `rewrap` command act through."""
 
@@ -197,11 +192,16 @@ class MemoryStore:
         self, agent_id: str, key: str, value_json: bytes, ttl: int, condition: Condition
     ) -> tuple[Memory, bool]:
         """Writes one memory; answers it and whether it was created (vs. replaced)."""
-        redis_key = memory_key(agent_id, key)
-        [version], expires = _new_versions(1), _now_ms() + ttl * 1000
-        blob = self.codec.seal(redis_key, version, expires, value_json)
-        args: list[Arg] = [blob, expires, condition.mode, version_bytes(condition.version), key, INDEX_TTL_MS]
-        outcome = self._run(_PUT, [redis_key, index_key(agent_id)], args)
+        redis_key, expires = memory_key(agent_id, key), _now_ms() + ttl * 1000
+        # The codec writes the whole EVALSHA: one native call seals the value into the request's bytes.
+        request, version = self.codec.seal_command(
+            ["EVALSHA", _PUT.sha, 2, redis_key, index_key(agent_id)],
+            redis_key,
+            expires,
+            value_json,
+            [expires, condition.mode, version_bytes(condition.version), key, INDEX_TTL_MS],
+        )
+        outcome = self._run_encoded(_PUT, request, redis_key)
         if outcome == 0:
             raise PreconditionFailed(key)
         return Memory(key, version, expires), outcome == 2
@@ -235,14 +235,13 @@ class MemoryStore:
         """Writes `(key, value_json, ttl)` items atomically: after a fault, none of them or all."""
         now = _now_ms()
         keys = [key for key, _, _ in items]
-        versions = _new_versions(len(items))
         expiries = [now + ttl * 1000 for _, _, ttl in items]
         index = index_key(agent_id)
         # MULTI/EXEC, not Lua: Redis runs 100 native SETs in ~40 us, the same SETs from a script in ~200 us.
         # A fault before EXEC discards the queue; EXEC applies every command or none. The codec seals
         # the values straight into the request's bytes.
-        request = self.codec.seal_batch_put(
-            memory_prefix(agent_id), index, INDEX_TTL_MS, keys, versions, expiries, [v for _, v, _ in items]
+        request, versions = self.codec.seal_batch_put(
+            memory_prefix(agent_id), index, INDEX_TTL_MS, keys, expiries, [v for _, v, _ in items]
         )
         executed = self.redis.send(request, len(items) + 4, index)[-1]
         if not isinstance(executed, list) or any(isinstance(reply, RedisError) for reply in executed):
@@ -289,8 +288,11 @@ class MemoryStore:
             raise RedisUnavailable(f"redis refused {args[0]!r}: {str(error).split(' ')[0]}") from None
 
     def _run(self, script: Script, keys: Sequence[bytes], args: Sequence[Arg]) -> Any:
+        return self._run_encoded(script, script.request(keys, args), keys[0])
+
+    def _run_encoded(self, script: Script, request: bytes, key: bytes) -> Any:
         try:
-            return self.redis.run(script, keys, args)
+            return self.redis.run_encoded(script, request, key)
         except RedisError as error:
             raise RedisUnavailable(f"redis refused a script: {str(error).split(' ')[0]}") from None
 
