@@ -122,7 +122,7 @@ def test_an_event_that_is_not_api_gateway_gets_a_clear_400(embed_function: Modul
 
 
 def logged_lines(
-    handler: Any, event: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    handler: Any, event: dict[str, Any], capsys: pytest.CaptureFixture[str], status: int = 200
 ) -> list[dict[str, Any]]:
     """The JSON lines one invocation writes: the Logger's (to its own stream) and EMF's (stdout)."""
     from aiinfra.observability import logger, metrics
@@ -132,7 +132,7 @@ def logged_lines(
     previous = logger().registered_handler.setStream(log_stream)  # the Logger's stdout, captured here
     capsys.readouterr()
     try:
-        assert handler(event, LambdaContext("embed"))["statusCode"] == 200
+        assert handler(event, LambdaContext("embed"))["statusCode"] == status
     finally:
         logger().registered_handler.setStream(previous)
     output = log_stream.getvalue() + capsys.readouterr().out
@@ -178,3 +178,14 @@ def test_a_log_level_above_info_drops_the_request_line(
         logger().setLevel(level)
     assert [line for line in lines if "_aws" in line]  # the metrics still go out
     assert not [line for line in lines if line.get("message") == "request"]
+
+
+def test_no_log_line_carries_the_previous_requests_correlation_id(
+    embed_function: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = api_gateway_event("http", "POST", "/v1/embeddings", EMBED_TWO)
+    (request,) = [line for line in logged_lines(embed_function.handler, first, capsys) if "status" in line]
+    assert request["correlation_id"] == first["requestContext"]["requestId"]
+    lines = logged_lines(embed_function.handler, {"Records": []}, capsys, status=400)
+    (refusal,) = [line for line in lines if line.get("message") == "unsupported event shape"]
+    assert "correlation_id" not in refusal
