@@ -3,6 +3,7 @@ If-None-Match on PutObject (checked here directly), and the search API runs on i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,29 @@ def test_search_api_on_s3(search_client: SearchClient, s3_store: S3Store) -> Non
     assert answer.json()["matches"] == [{"id": "i7", "score": 7.0}, {"id": "i6", "score": 6.0}]
     assert fresh.delete("/indexes/s3").status_code == 204
     assert client.get("/indexes/s3").status_code == 404
+
+
+def test_an_instance_keeps_only_the_segments_its_index_names_in_its_cache(
+    search_client: SearchClient, s3_store: S3Store
+) -> None:
+    client = search_client(s3_store)
+    assert client.put("/indexes/kept", json={"dimension": 2, "metric": "l2"}).status_code == 201
+    for i in range(3):
+        items = [{"id": f"i{i}", "vector": [float(i), 1.0]}]
+        assert client.post("/indexes/kept/upsert", json={"items": items}).status_code == 200
+    cached = s3_store.cache_dir / "kept"
+
+    def named() -> set[str]:
+        manifest = json.loads((s3_store.read_manifest("kept") or (b"{}",))[0])
+        return {segment["id"] for segment in manifest["segments"]}
+
+    assert len(named()) == 3 and {p.name for p in cached.iterdir()} == named()
+    assert client.post("/indexes/kept/compact").json()["count"] == 3
+    assert len(named()) == 1 and {p.name for p in cached.iterdir()} == named()
+    query = client.post("/indexes/kept/query", json={"vector": [2.0, 1.0], "k": 1})
+    assert query.json()["matches"] == [{"id": "i2", "score": 0.0}]
+    assert client.delete("/indexes/kept").status_code == 204
+    assert list(cached.iterdir()) == []
 
 
 def test_an_s3_outage_keeps_reads_on_the_last_version_and_refuses_writes_with_503(

@@ -262,7 +262,8 @@ class IndexReader:
                     self._refuse(exc)
                     return
                 if found is None:
-                    self._snapshot, self._segments, problem = None, {}, None
+                    self._drop()
+                    problem = None
                     break
                 try:
                     self._install(IndexManifest.from_json(found[0]))
@@ -303,6 +304,7 @@ class IndexReader:
             return
         self._segments = {segment.ref.id: segment for segment in segments}
         self._snapshot = IndexSnapshot(manifest, segments)
+        self.store.release_segments(self.name, set(self._segments))
 
     def _segment(self, manifest: IndexManifest, segment_id: str) -> Segment:
         segment = self._segments.get(segment_id)
@@ -313,7 +315,11 @@ class IndexReader:
 
     def forget(self) -> None:
         with self._lock:
-            self._snapshot, self._segments = None, {}
+            self._drop()
+
+    def _drop(self) -> None:
+        self._snapshot, self._segments = None, {}
+        self.store.release_segments(self.name, set())
 
 
 class IndexRegistry:

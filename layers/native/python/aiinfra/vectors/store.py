@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -49,7 +50,13 @@ class IndexStore(Protocol):
 
     def delete_segments(self, name: str, segment_ids: list[str]) -> None: ...
 
+    def release_segments(self, name: str, keep: set[str]) -> None:
+        """Frees this instance's local copies of the index's segments other than `keep`."""
+
     def list_indexes(self) -> list[str]: ...
+
+
+SEGMENT_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def new_segment_id() -> str:
@@ -127,6 +134,9 @@ class FileStore:
     def delete_segments(self, name: str, segment_ids: list[str]) -> None:
         for segment_id in segment_ids:
             shutil.rmtree(self.root / name / "segments" / segment_id, ignore_errors=True)
+
+    def release_segments(self, name: str, keep: set[str]) -> None:
+        """Nothing to free: the segments are the store itself."""
 
     def list_indexes(self) -> list[str]:
         return sorted(p.parent.name for p in self.root.glob(f"*/{MANIFEST}"))
@@ -215,6 +225,15 @@ class S3Store:
         except OSError:  # another thread cached it first; segments are immutable, so either copy serves
             shutil.rmtree(staging, ignore_errors=True)
         return target
+
+    def release_segments(self, name: str, keep: set[str]) -> None:
+        """Removes cached segments the index no longer names, so compactions cannot fill /tmp (512 MB
+        by default in Lambda). A segment still mapped by a query in flight stays readable: on Linux
+        an unlinked file lives until its last mapping closes. Downloads in progress are left alone."""
+        cached = self.cache_dir / name
+        for entry in cached.iterdir() if cached.is_dir() else ():
+            if SEGMENT_ID.fullmatch(entry.name) and entry.name not in keep:
+                shutil.rmtree(entry, ignore_errors=True)
 
     def delete_segments(self, name: str, segment_ids: list[str]) -> None:
         with self._s3("delete segments"):
