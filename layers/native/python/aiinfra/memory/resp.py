@@ -174,7 +174,7 @@ class RedisClient:
 
     def call(self, *args: Arg) -> Any:
         """One command (routed by its first key); an error reply raises RedisError."""
-        reply = self.pipeline([args], args[1] if len(args) > 1 else None)[0]
+        reply = self.send(encode_commands([args]), 1, args[1] if len(args) > 1 else None)[0]
         if isinstance(reply, RedisError):
             raise reply
         return reply

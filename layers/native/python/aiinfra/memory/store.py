@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from aiinfra.config import MemorySettings
 from aiinfra.memory.envelope import IntegrityError, key_id_of, version_bytes
@@ -47,6 +47,9 @@ class Codec(Protocol):
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]
     ) -> list[tuple[int, int, bytes] | None]: ...
+
+
+_Opened = TypeVar("_Opened")
 
 
 class PreconditionFailed(Exception):
@@ -175,18 +178,22 @@ class MemoryStore:
             self._codec = None
             self._loaded_at = time.monotonic()
 
-    def _open_many(
-        self, redis_keys: list[bytes], blobs: list[bytes | None]
-    ) -> list[tuple[int, int, bytes] | None]:
+    def _opened(self, open_with: Callable[[Codec], _Opened]) -> _Opened:
+        """`open_with(codec)`; after an IntegrityError, once more with the keyring reloaded."""
         try:
-            return self.codec.open_many(redis_keys, blobs)
+            return open_with(self.codec)
         except IntegrityError:
             # Another instance may seal with a key rotated in after our keyring loaded: reload once,
             # at most every few seconds so forged values cannot make us hammer KMS.
             if time.monotonic() - self._loaded_at < self.keyring_reload_seconds:
                 raise
             self.reload_keyring()
-            return self.codec.open_many(redis_keys, blobs)
+            return open_with(self.codec)
+
+    def _open_many(
+        self, redis_keys: list[bytes], blobs: list[bytes | None]
+    ) -> list[tuple[int, int, bytes] | None]:
+        return self._opened(lambda codec: codec.open_many(redis_keys, blobs))
 
     def put(
         self, agent_id: str, key: str, value_json: bytes, ttl: int, condition: Condition
@@ -211,9 +218,7 @@ class MemoryStore:
         blob = self._call("GET", redis_key)
         if blob is None:
             raise MemoryNotFound(key)
-        [opened] = self._open_many([redis_key], [blob])
-        assert opened is not None
-        return Memory(key, *opened)
+        return Memory(key, *self._opened(lambda codec: codec.open(redis_key, blob)))
 
     def delete(self, agent_id: str, key: str, condition: Condition) -> None:
         args: list[Arg] = [condition.mode, version_bytes(condition.version), key]
