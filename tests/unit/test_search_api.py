@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,8 @@ def test_trained_factories_find_neighbours_and_honour_filters(
         ).json()["matches"]
         assert len(wide) == 5 and all(int(m["id"].split("-")[1]) % 2 == 1 for m in wide)
     assert found >= 9
+    # Loading index.faiss read it ahead on a thread; none is left reading once the load returned.
+    assert not [thread for thread in threading.enumerate() if thread.name == "segment-read-ahead"]
 
 
 def test_a_refined_factory_reranks_with_exact_scores_from_the_segments_own_vectors(

@@ -10,8 +10,9 @@ num-<i>.npy / tok-<i>.npy   columnar metadata for the filter (float64, NaN = abs
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,32 @@ def stored_factory(factory: str) -> str:
     vector; vectors.faiss already is that copy, so the suffix is left out of the stored index and
     `read_segment` puts the re-ranking back over vectors.faiss (1.5 GB less per million 384-d rows)."""
     return factory.removesuffix(REFINE_FLAT)
+
+
+READ_AHEAD_CHUNK = 16 << 20
+
+
+@contextlib.contextmanager
+def _reading_ahead(path: Path) -> Iterator[None]:
+    """Reads `path` from start to end on a thread while the body runs, and stops with it. FAISS
+    copies an HNSW graph out of its memory mapping page by page: from a cold page cache that ran at
+    ~155 MB/s on the benchmark machine, where a sequential read runs at the disk's ~630 MB/s just
+    ahead of it (1M rows of HNSW32,SQ8: 3.5 s -> 0.4 s to load)."""
+    done = threading.Event()
+
+    def read() -> None:
+        with contextlib.suppress(OSError), open(path, "rb", buffering=0) as file:
+            chunk = bytearray(READ_AHEAD_CHUNK)
+            while not done.is_set() and file.readinto(chunk):
+                pass
+
+    reader = threading.Thread(target=read, name="segment-read-ahead", daemon=True)
+    reader.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reader.join()
 
 
 class CorruptSegment(Exception):
@@ -168,7 +195,8 @@ def read_segment(directory: Path, ref: SegmentRef, dimension: int) -> Segment:
         flat = faiss.read_index(str(directory / "vectors.faiss"), MMAP_FLAGS)
         index = None
         if (directory / "index.faiss").is_file():
-            index = faiss.read_index(str(directory / "index.faiss"), MMAP_FLAGS)
+            with _reading_ahead(directory / "index.faiss"):
+                index = faiss.read_index(str(directory / "index.faiss"), MMAP_FLAGS)
         n = len(items["ids"])
         if flat.ntotal != n or flat.d != dimension or (index is not None and index.ntotal != n):
             raise CorruptSegment(f"segment {ref.id}: row counts or dimension disagree with its ids")
