@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from aiinfra.vectors.reader import IndexRegistry
 from aiinfra.vectors.store import ManifestConflict, S3Store
+from aiinfra.vectors.writer import IndexWriter
 from botocore.exceptions import ClientError
 
 from tests.support.moto import MotoServer
-from tests.support.search import SearchClient, new_bucket, s3_client
+from tests.support.search import SearchClient, new_bucket, orphan_segment, s3_client
 
 
 def test_moto_server_honours_conditional_puts(moto_endpoint: str) -> None:
@@ -79,6 +81,26 @@ def test_an_instance_keeps_only_the_segments_its_index_names_in_its_cache(
     assert query.json()["matches"] == [{"id": "i2", "score": 0.0}]
     assert client.delete("/indexes/kept").status_code == 204
     assert list(cached.iterdir()) == []
+
+
+def test_a_sweep_deletes_the_segments_no_manifest_names_from_s3(
+    search_client: SearchClient, s3_store: S3Store
+) -> None:
+    client = search_client(s3_store)
+    assert client.put("/indexes/swept", json={"dimension": 2}).status_code == 201
+    assert (
+        client.post("/indexes/swept/upsert", json={"items": [{"id": "a", "vector": [1.0, 0.0]}]}).status_code
+        == 200
+    )
+    orphan_segment(s3_store, "swept", "c" * 32)
+    writer = IndexWriter(s3_store, IndexRegistry(s3_store, 0.0), orphan_grace_seconds=0.0)
+    manifest, _ = writer.manifest("swept")
+    assert writer.sweep("swept", manifest) == ["c" * 32]
+    assert set(s3_store.segment_ages("swept")) == {ref.id for ref in manifest.segments}
+    assert (
+        client.post("/indexes/swept/query", json={"vector": [1.0, 0.0], "k": 1}).json()["matches"][0]["id"]
+        == "a"
+    )
 
 
 def test_an_s3_outage_keeps_reads_on_the_last_version_and_refuses_writes_with_503(

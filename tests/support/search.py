@@ -67,6 +67,13 @@ def search_client() -> Iterator[SearchClient]:
 _MISSING = object()
 
 
+def orphan_segment(store: IndexStore, name: str, segment_id: str) -> None:
+    """What a writer killed between uploading its segment and swapping the manifest leaves behind."""
+    with store.scratch() as built:
+        (built / "vectors.faiss").write_bytes(b"never named by a manifest")
+        store.put_segment(name, segment_id, built)
+
+
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import threading
 import time
 from pathlib import Path
@@ -11,8 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 from aiinfra.vectors.store import FileStore
+from aiinfra.vectors.writer import ORPHAN_GRACE_SECONDS
 
-from tests.support.search import SearchClient
+from tests.support.search import SearchClient, orphan_segment
 
 DIM = 16
 
@@ -229,3 +232,21 @@ def test_a_corrupt_segment_is_refused_and_the_last_good_version_served(
     query = reader.post("/indexes/c/query", json={"vector": [1.0] * DIM, "k": 10}).json()
     assert "new" not in {m["id"] for m in query["matches"]}
     assert math.isfinite(query["matches"][0]["score"])
+
+
+def test_compaction_sweeps_segments_no_manifest_names_once_past_the_grace(
+    search_client: SearchClient, file_store: FileStore
+) -> None:
+    client = search_client(file_store)
+    assert client.put("/indexes/swept", json={"dimension": DIM}).status_code == 201
+    assert client.post("/indexes/swept/upsert", json={"items": _items(30)}).status_code == 200
+    stale, fresh = "a" * 32, "b" * 32
+    orphan_segment(file_store, "swept", stale)
+    orphan_segment(file_store, "swept", fresh)  # maybe a write still in flight: too young to sweep
+    long_ago = time.time() - 2 * ORPHAN_GRACE_SECONDS
+    os.utime(file_store.root / "swept" / "segments" / stale, (long_ago, long_ago))
+    assert client.post("/indexes/swept/compact").json()["segments"] == 1
+    named = {ref["id"] for ref in json.loads((file_store.read_manifest("swept") or (b"{}",))[0])["segments"]}
+    assert set(file_store.segment_ages("swept")) == named | {fresh}
+    query = client.post("/indexes/swept/query", json={"vector": _items(30)[4]["vector"], "k": 1})
+    assert query.json()["matches"][0]["id"] == "item-4"

@@ -7,12 +7,14 @@ file://, `If-Match` / `If-None-Match` on S3. Segments are immutable once put.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import hashlib
 import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +54,9 @@ class IndexStore(Protocol):
 
     def release_segments(self, name: str, keep: set[str]) -> None:
         """Frees this instance's local copies of the index's segments other than `keep`."""
+
+    def segment_ages(self, name: str) -> dict[str, float]:
+        """Every segment the store holds for the index, by id: seconds since it was written."""
 
     def list_indexes(self) -> list[str]: ...
 
@@ -137,6 +142,14 @@ class FileStore:
 
     def release_segments(self, name: str, keep: set[str]) -> None:
         """Nothing to free: the segments are the store itself."""
+
+    def segment_ages(self, name: str) -> dict[str, float]:
+        segments, now = self.root / name / "segments", time.time()
+        return (
+            {path.name: now - path.stat().st_mtime for path in segments.iterdir()}
+            if segments.is_dir()
+            else {}
+        )
 
     def list_indexes(self) -> list[str]:
         return sorted(p.parent.name for p in self.root.glob(f"*/{MANIFEST}"))
@@ -234,6 +247,21 @@ class S3Store:
         for entry in cached.iterdir() if cached.is_dir() else ():
             if SEGMENT_ID.fullmatch(entry.name) and entry.name not in keep:
                 shutil.rmtree(entry, ignore_errors=True)
+
+    def segment_ages(self, name: str) -> dict[str, float]:
+        prefix = self._key(name, "segments") + "/"
+        written: dict[str, datetime.datetime] = {}
+        with self._s3("list segments"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                for item in page.get("Contents", []):
+                    segment_id = item["Key"][len(prefix) :].split("/", 1)[0]
+                    written[segment_id] = max(
+                        written.get(segment_id, item["LastModified"]), item["LastModified"]
+                    )
+        now = datetime.datetime.now(datetime.UTC)
+        return {segment_id: (now - when).total_seconds() for segment_id, when in written.items()}
 
     def delete_segments(self, name: str, segment_ids: list[str]) -> None:
         with self._s3("delete segments"):

@@ -29,6 +29,9 @@ MAX_SWAP_ATTEMPTS = 100
 # FAISS allocates per list or per level up front: a huge number in a factory string exhausts memory.
 MAX_FACTORY_NUMBER = 1 << 20
 HNSW_EF_CONSTRUCTION = 200
+# A segment no manifest names is swept once older than this: far longer than any write takes (a
+# Lambda invocation lasts 15 minutes at most), so a write still between upload and swap keeps its own.
+ORPHAN_GRACE_SECONDS = 3600.0
 
 
 def normalise(vectors: np.ndarray, metric: Metric) -> np.ndarray:
@@ -56,9 +59,12 @@ def factory_index(dimension: int, metric: Metric, factory: str) -> faiss.Index:
 
 
 class IndexWriter:
-    def __init__(self, store: IndexStore, registry: IndexRegistry) -> None:
+    def __init__(
+        self, store: IndexStore, registry: IndexRegistry, orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS
+    ) -> None:
         self.store = store
         self.registry = registry
+        self.orphan_grace_seconds = orphan_grace_seconds
 
     def manifest(self, name: str) -> tuple[IndexManifest, str]:
         found = self.store.read_manifest(name)
@@ -139,7 +145,19 @@ class IndexWriter:
 
         updated = self._add_segment(name, build, replace_folded)
         self.store.delete_segments(name, [ref.id for ref in base])
+        self.sweep(name, updated)
         return updated
+
+    def sweep(self, name: str, manifest: IndexManifest) -> list[str]:
+        """Deletes the index's segments that `manifest` does not name and that are older than the
+        grace: those of writers that died between upload and swap, or that a failed delete left."""
+        named = {ref.id for ref in manifest.segments}
+        ages = self.store.segment_ages(name)
+        orphans = sorted(s for s, age in ages.items() if s not in named and age >= self.orphan_grace_seconds)
+        if orphans:
+            self.store.delete_segments(name, orphans)
+            logger().info("orphan segments deleted", extra={"index": name, "segments": orphans})
+        return orphans
 
     def _add_segment(
         self,
