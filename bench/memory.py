@@ -210,23 +210,18 @@ def ceiling_contender(port: int, codec: EnvelopeCodec, agent: str) -> dict[str, 
 
 
 def store_contender(store: MemoryStore, agent: str) -> dict[str, Callable[[int], object]]:
-    """Our data plane (MemoryStore): the same calls the routes make, value parsed back as JSON."""
+    """Our data plane (MemoryStore), doing what the routes do: a put serializes the value first; a
+    get answers the authenticated JSON bytes, which the routes splice into their answer unparsed."""
     batch = [(KEYS[i], orjson.dumps(VALUE), 3600) for i in range(BATCH)]
 
     def put(i: int) -> None:
         store.put(agent, KEYS[i % 1000], orjson.dumps(VALUE), 3600, Condition())
 
-    def get(i: int) -> object:
-        return orjson.loads(store.get(agent, KEYS[i % 1000]).value_json)
-
-    def batch_get(_: int) -> object:
-        return [orjson.loads(m.value_json) for m in store.batch_get(agent, KEYS[:BATCH]) if m is not None]
-
     return {
         "put": put,
-        "get": get,
+        "get": lambda i: store.get(agent, KEYS[i % 1000]).value_json,
         "batch_put": lambda _: store.batch_put(agent, batch),
-        "batch_get": batch_get,
+        "batch_get": lambda _: store.batch_get(agent, KEYS[:BATCH]),
     }
 
 
