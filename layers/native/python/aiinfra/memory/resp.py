@@ -153,9 +153,12 @@ class RedisClient:
         raise RedisUnavailable(f"redis cluster redirected a command more than {MAX_REDIRECTS} times")
 
     def _roundtrip(self, node: Node, request: bytes, count: int) -> list[Any]:
-        with self._lock:
-            idle = self._idle.setdefault(node, [])
-            connection = idle.pop() if idle else None
+        # list.pop and list.append are atomic, so threads share the idle lists without a lock.
+        idle = self._idle.get(node) or self._idle.setdefault(node, [])
+        try:
+            connection: _Connection | None = idle.pop()
+        except IndexError:
+            connection = None
         try:
             if connection is None:
                 connection = _Connection(
@@ -168,8 +171,7 @@ class RedisClient:
             raise RedisUnavailable(
                 f"redis at {node[0]}:{node[1]} is unavailable: {error.__class__.__name__}"
             ) from None
-        with self._lock:
-            self._idle[node].append(connection)
+        idle.append(connection)
         return replies
 
     def call(self, *args: Arg) -> Any:
