@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import redis
+from aiinfra._native import encode_commands
 from aiinfra.memory.resp import RedisClient
 from aiinfra.memory.store import _LIST, _PUT, Condition, MemoryStore
 
@@ -18,7 +19,8 @@ def test_a_reply_of_many_reads_arrives_whole(
     raw_redis.set(f"big:{agent}", value)
     client = RedisClient(redis_server.url, 5.0)
     assert client.call("GET", f"big:{agent}") == value
-    assert client.pipeline([["STRLEN", f"big:{agent}"], ["GET", f"big:{agent}"], ["PING"]]) == [
+    pipeline = encode_commands([["STRLEN", f"big:{agent}"], ["GET", f"big:{agent}"], ["PING"]])
+    assert client.send(pipeline, 3) == [
         len(value),
         value,
         b"PONG",

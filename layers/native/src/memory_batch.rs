@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
 use crate::envelope::{
-    fresh_writes, random_nonces, EnvelopeCodec, EnvelopeError, IntegrityError, Opened,
+    fresh_writes, random_nonces, EnvelopeCodec, EnvelopeError, IntegrityError, Opened, NONCE_LEN,
 };
 
 /// `(redis_key, version, expires_at_ms, plaintext)`: one memory to seal.
@@ -54,23 +54,21 @@ pub fn seal_command<'py>(
     let [(version, nonce)] = fresh_writes(1)?[..] else {
         unreachable!("one write asked for")
     };
-    let sealed_len = codec.sealed_len(plaintext.len());
-    let mut out = Vec::with_capacity(sealed_len + 64 * (head.len() + tail.len() + 1));
+    let mut out =
+        Vec::with_capacity(codec.sealed_len(plaintext.len()) + 64 * (head.len() + tail.len() + 1));
     write_header(&mut out, b'*', head.len() + 1 + tail.len());
     for arg in &head {
         write_bulk(&mut out, arg)?;
     }
-    write_header(&mut out, b'$', sealed_len);
-    codec.seal_into(
+    write_bulk_sealed(
         &mut out,
         &mut Vec::new(),
+        codec,
         redis_key,
-        version,
+        (version, nonce),
         expires_at_ms,
         plaintext,
-        nonce,
     )?;
-    out.extend_from_slice(b"\r\n");
     for arg in &tail {
         write_bulk(&mut out, arg)?;
     }
@@ -107,7 +105,7 @@ pub fn seal_batch_put<'py>(
         let mut out = Vec::with_capacity(size + 128);
         let (mut aad, mut redis_key) = (Vec::new(), Vec::new());
         out.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
-        for ((key, expires), (value, (version, nonce))) in
+        for ((key, expires), (value, write)) in
             keys.iter().zip(&expiries).zip(values.iter().zip(&writes))
         {
             redis_key.clear();
@@ -115,11 +113,10 @@ pub fn seal_batch_put<'py>(
             redis_key.extend_from_slice(key.as_bytes());
             out.extend_from_slice(b"*5\r\n$3\r\nSET\r\n");
             write_bulk_bytes(&mut out, &redis_key);
-            write_header(&mut out, b'$', codec.sealed_len(value.len()));
-            codec.seal_into(
-                &mut out, &mut aad, &redis_key, *version, *expires, value, *nonce,
+            write_bulk_sealed(
+                &mut out, &mut aad, codec, &redis_key, *write, *expires, value,
             )?;
-            out.extend_from_slice(b"\r\n$4\r\nPXAT\r\n");
+            out.extend_from_slice(b"$4\r\nPXAT\r\n");
             write_bulk_decimal(&mut out, *expires);
         }
         write_header(&mut out, b'*', 2 + 2 * count);
@@ -210,6 +207,31 @@ fn write_bulk_bytes(out: &mut Vec<u8>, data: &[u8]) {
     write_header(out, b'$', data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A new envelope of `plaintext` for `redis_key` as one bulk argument, sealed straight into `out`
+/// with a fresh `(version, nonce)`; `aad` is scratch space a batch reuses.
+fn write_bulk_sealed(
+    out: &mut Vec<u8>,
+    aad: &mut Vec<u8>,
+    codec: &EnvelopeCodec,
+    redis_key: &[u8],
+    (version, nonce): (u64, [u8; NONCE_LEN]),
+    expires_at_ms: u64,
+    plaintext: &[u8],
+) -> Result<(), EnvelopeError> {
+    write_header(out, b'$', codec.sealed_len(plaintext.len()));
+    codec.seal_into(
+        out,
+        aad,
+        redis_key,
+        version,
+        expires_at_ms,
+        plaintext,
+        nonce,
+    )?;
+    out.extend_from_slice(b"\r\n");
+    Ok(())
 }
 
 /// A non-negative integer argument, in decimal.

@@ -127,13 +127,10 @@ class RedisClient:
         self._slots: dict[int, Node] = {}
         self._lock = threading.Lock()
 
-    def pipeline(self, commands: Sequence[Sequence[Arg]], key: Arg | None = None) -> list[Any]:
-        """Sends every command at once (all about `key`'s slot) and answers their replies; error
-        replies come back as RedisError values in place, so the caller sees which command failed."""
-        return self.send(encode_commands(commands), len(commands), key)
-
     def send(self, request: bytes, count: int, key: Arg | None = None) -> list[Any]:
-        """`pipeline` for a request already encoded as the RESP bytes of `count` commands."""
+        """Sends `request`, the RESP bytes of `count` commands (all about `key`'s slot), at once and
+        answers their replies; error replies come back as RedisError values in place, so the caller
+        sees which command failed."""
         node = (self.address.host, self.address.port)
         if key is not None and self._slots:  # the slot map is empty until a cluster redirects us
             node = self._slots.get(key_slot(key if isinstance(key, bytes) else str(key).encode()), node)
