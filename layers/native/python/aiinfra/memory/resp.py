@@ -99,20 +99,32 @@ class _Connection:
 
 
 class Script:
-    """A Lua script run by EVALSHA, loaded with SCRIPT LOAD when the server does not hold it yet."""
+    """A Lua script run by EVALSHA; a server without it (restarted, failed over) gets the same
+    request as an EVAL, which carries the source and caches it for the next EVALSHA."""
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
-        self.load = encode_commands([["SCRIPT", "LOAD", source]])
+        self._evalsha_head = b"$7\r\nEVALSHA\r\n$40\r\n%s\r\n" % self.sha.encode()
+        self._eval_head = b"$4\r\nEVAL\r\n$%d\r\n%s\r\n" % (len(source.encode()), source.encode())
 
     def request(self, keys: Sequence[Arg], args: Sequence[Arg]) -> bytes:
         """The EVALSHA that runs the script on `keys` and `args`."""
         return encode_commands([["EVALSHA", self.sha, len(keys), *keys, *args]])
 
+    def as_eval(self, request: bytes) -> bytes:
+        """`request`, an EVALSHA of this script, as the same command by EVAL. The head comes first
+        in the request (after the array's length), so nothing past it is replaced."""
+        return request.replace(self._evalsha_head, self._eval_head, 1)
+
 
 Node = tuple[str, int]
 MAX_REDIRECTS = 3
+_ASKING = encode_commands([["ASKING"]])
+
+
+def _is_redirect(reply: RedisError) -> bool:
+    return str(reply).startswith(("MOVED ", "ASK "))
 
 
 class RedisClient:
@@ -128,25 +140,33 @@ class RedisClient:
         self._lock = threading.Lock()
 
     def send(self, request: bytes, count: int, key: Arg | None = None) -> list[Any]:
-        """Sends `request`, the RESP bytes of `count` commands (all about `key`'s slot), at once and
-        answers their replies; error replies come back as RedisError values in place, so the caller
-        sees which command failed."""
+        """Sends `request`, the RESP bytes of one command or of one MULTI..EXEC (`count` replies, all
+        about `key`'s slot), and answers their replies; error replies come back as RedisError values
+        in place, so the caller sees which command failed.
+
+        In a cluster, `MOVED` teaches the slot map and the request goes to the new owner. While a
+        slot migrates, `ASK` sends it once to the importing node, after ASKING. There Redis refuses
+        (TRYAGAIN) a request whose keys are not all in, so an agent's entries are never split."""
         node = (self.address.host, self.address.port)
         if key is not None and self._slots:  # the slot map is empty until a cluster redirects us
             node = self._slots.get(key_slot(key if isinstance(key, bytes) else str(key).encode()), node)
+        asking = False
         for _ in range(MAX_REDIRECTS + 1):
-            replies = self._roundtrip(node, request, count)
-            # A MOVED reply means that node executed nothing of ours (a MULTI it answers with EXECABORT).
-            for reply in replies:
-                if isinstance(reply, RedisError) and str(reply).startswith("MOVED "):
-                    break
+            if asking:
+                replies = self._roundtrip(node, _ASKING + request, count + 1)[1:]
             else:
+                replies = self._roundtrip(node, request, count)
+            # A redirect means that node executed nothing of ours (a MULTI it answers with EXECABORT).
+            redirect = next((r for r in replies if isinstance(r, RedisError) and _is_redirect(r)), None)
+            if redirect is None:
                 return replies
-            _, slot, target = str(reply).split(" ")
+            kind, slot, target = str(redirect).split(" ")
             host, _, port = target.rpartition(":")
             node = (host or self.address.host, int(port))
-            with self._lock:
-                self._slots[int(slot)] = node
+            asking = kind == "ASK"
+            if not asking:
+                with self._lock:
+                    self._slots[int(slot)] = node
         raise RedisUnavailable(f"redis cluster redirected a command more than {MAX_REDIRECTS} times")
 
     def _roundtrip(self, node: Node, request: bytes, count: int) -> list[Any]:
@@ -183,11 +203,10 @@ class RedisClient:
         return self.run_encoded(script, script.request(keys, args), keys[0] if keys else None)
 
     def run_encoded(self, script: Script, request: bytes, key: Arg | None) -> Any:
-        """`run` for `request`, an EVALSHA of `script` already encoded. A server without the script
-        (restarted, failed over) gets it loaded, then the same request."""
+        """`run` for `request`, an EVALSHA of `script` already encoded."""
         reply = self.send(request, 1, key)[0]
         if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
-            reply = self.send(script.load + request, 2, key)[1]
+            reply = self.send(script.as_eval(request), 1, key)[0]
         if isinstance(reply, RedisError):
             raise reply
         return reply
