@@ -311,7 +311,8 @@ class MemoryStore:
 
     @staticmethod
     def _executed(replies: list[Any]) -> list[Any]:
-        """The replies of a MULTI/EXEC's commands; none of them ran if Redis refused any."""
+        """The replies of a MULTI/EXEC's commands. RedisUnavailable when Redis refused the transaction
+        (EXECABORT, TRYAGAIN: then nothing ran) or one of its commands."""
         executed = replies[-1]
         if not isinstance(executed, list) or any(isinstance(reply, RedisError) for reply in executed):
             raise RedisUnavailable(f"redis refused a transaction: {str(executed).split(' ')[0]}")
