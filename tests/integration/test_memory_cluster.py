@@ -79,12 +79,15 @@ def test_a_slot_in_migration_is_followed_by_asking_and_never_split(
         store.put(agent, "c", b"3", 600, Condition())
     assert keys["c"] not in _keys_in_slot(source, slot) | _keys_in_slot(target, slot)
 
-    # Every key moved: reads, replacing writes and scripts (new to the target) are asked of it.
+    # Every key moved: reads, replacing writes and scripts (new to the target) are asked of it;
+    # creating an entry still waits for the end of the migration.
     moved = [keys["plan"], keys["b"], index_key(agent)]
     source.execute_command("MIGRATE", "127.0.0.1", target_port, "", 0, 5000, "KEYS", *moved)
     memory, created = store.put(agent, "plan", b'{"step":3}', 600, Condition())
     assert not created and store.get(agent, "plan") == memory._replace(value_json=b'{"step":3}')
     assert store.list_keys(agent, "", 10, "") == (["a", "b", "plan"], None)
+    with pytest.raises(RedisUnavailable, match="TRYAGAIN"):  # Redis cannot yet tell where "c" belongs
+        store.put(agent, "c", b"3", 600, Condition())
     assert _keys_in_slot(target, slot) == {keys["plan"], keys["a"], keys["b"], index_key(agent)}
     assert _keys_in_slot(source, slot) == set()
 
