@@ -123,10 +123,6 @@ MAX_REDIRECTS = 3
 _ASKING = encode_commands([["ASKING"]])
 
 
-def _is_redirect(reply: RedisError) -> bool:
-    return str(reply).startswith(("MOVED ", "ASK "))
-
-
 class RedisClient:
     """Pooled connections to one Redis, or to the nodes of a Redis Cluster, shared by the threads of
     one process. In a cluster a command goes to the node that last claimed its key's slot (MOVED
@@ -157,10 +153,12 @@ class RedisClient:
             else:
                 replies = self._roundtrip(node, request, count)
             # A redirect means that node executed nothing of ours (a MULTI it answers with EXECABORT).
-            redirect = next((r for r in replies if isinstance(r, RedisError) and _is_redirect(r)), None)
-            if redirect is None:
+            for reply in replies:
+                if isinstance(reply, RedisError) and str(reply).startswith(("MOVED ", "ASK ")):
+                    break
+            else:
                 return replies
-            kind, slot, target = str(redirect).split(" ")
+            kind, slot, target = str(reply).split(" ")
             host, _, port = target.rpartition(":")
             node = (host or self.address.host, int(port))
             asking = kind == "ASK"
