@@ -3,6 +3,7 @@ use pyo3::prelude::*;
 
 mod envelope;
 mod filter;
+mod hnsw;
 mod memory_batch;
 
 #[pymodule]
@@ -10,5 +11,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     envelope::register(m)?;
     filter::register(m)?;
+    hnsw::register(m)?;
     Ok(())
 }

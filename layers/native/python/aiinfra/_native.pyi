@@ -18,6 +18,26 @@ class MetadataColumns:
     def rows(self) -> int: ...
     def select(self, program: list[tuple[int, str, list[float], list[str]]]) -> tuple[bytes, int]: ...
 
+class HnswSq8Walk:
+    """The search walk over a FAISS inner-product `HNSW..,SQ8` graph, re-ranked over flat vectors,
+    reading the index's arrays in place (`aiinfra.vectors.segment.hnsw_sq8_walk` builds it)."""
+
+    def __init__(
+        self,
+        owner: object,
+        dimension: int,
+        rows: int,
+        neighbors: Any,
+        offsets: Any,
+        level_starts: list[int],
+        codes: Any,
+        vectors: Any,
+        trained: list[float],
+        entry: int,
+        max_level: int,
+    ) -> None: ...
+    def search(self, queries: bytes, k: int, ef: int, refine: int, threads: int) -> tuple[bytes, bytes]: ...
+
 class IntegrityError(ValueError):
     """A stored memory failed authentication: tampered, truncated, moved, or sealed with an unknown key."""
 

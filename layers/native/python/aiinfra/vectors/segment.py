@@ -21,7 +21,7 @@ import faiss
 import numpy as np
 import orjson
 
-from aiinfra._native import MetadataColumns
+from aiinfra._native import HnswSq8Walk, MetadataColumns
 from aiinfra.vectors.filter import is_number, token
 from aiinfra.vectors.manifest import Metric, SegmentRef
 
@@ -160,6 +160,7 @@ class Segment:
     columns: MetadataColumns
     metadata_blob: np.ndarray
     metadata_offsets: np.ndarray
+    walk: HnswSq8Walk | None = None  # see hnsw_sq8_walk
 
     def __post_init__(self) -> None:
         self._rows: dict[str, int] | None = None
@@ -182,6 +183,50 @@ class Segment:
             return np.zeros((0, self.flat.d), dtype=np.float32)
         found: np.ndarray = self.flat.reconstruct_batch(rows.astype(np.int64))
         return found
+
+
+def hnsw_sq8_walk(index: faiss.Index | None) -> HnswSq8Walk | None:
+    """Our walk of `index` when it is an inner-product `HNSW..,SQ8,RFlat` (HNSW over 8-bit codes,
+    re-ranked over vectors.faiss), reading FAISS's arrays in place; None for any other index.
+
+    It walks the same graph over the same codes as FAISS and re-ranks the same way, so it answers
+    what FAISS would (when `ef` >= k x refine; below that it keeps k x refine candidates where FAISS
+    keeps `ef`, and finds more). It prefetches each hop's codes and the next candidate's
+    neighbours, which FAISS does not, and so waits far less on memory (docs/search.md)."""
+    if not isinstance(index, faiss.IndexRefine):
+        return None
+    base, flat = faiss.downcast_index(index.base_index), faiss.downcast_index(index.refine_index)
+    if not (
+        isinstance(base, faiss.IndexHNSWSQ)
+        and isinstance(flat, faiss.IndexFlat)
+        and base.metric_type == flat.metric_type == faiss.METRIC_INNER_PRODUCT
+        and base.ntotal > 0
+    ):
+        return None
+    # faiss's stubs leave out these fields
+    quantizer: Any = faiss.downcast_index(base.storage)
+    if quantizer.sq.qtype != faiss.ScalarQuantizer.QT_8bit:
+        return None
+    hnsw: Any = base.hnsw
+    vectors: Any = flat.codes
+
+    def view(vector: Any) -> np.ndarray:  # bytes, no copy: the walk holds `index`, which holds them
+        array: np.ndarray = faiss.rev_swig_ptr(vector.data(), vector.size())
+        return array.view(np.uint8)
+
+    return HnswSq8Walk(
+        index,
+        base.d,
+        base.ntotal,
+        view(hnsw.neighbors),
+        view(hnsw.offsets),
+        faiss.vector_to_array(hnsw.cum_nneighbor_per_level).tolist(),
+        view(quantizer.codes),
+        view(vectors),
+        faiss.vector_to_array(quantizer.sq.trained).tolist(),
+        hnsw.entry_point,
+        hnsw.max_level,
+    )
 
 
 def read_segment(directory: Path, ref: SegmentRef, dimension: int) -> Segment:
@@ -223,4 +268,4 @@ def read_segment(directory: Path, ref: SegmentRef, dimension: int) -> Segment:
         raise CorruptSegment(f"segment {ref.id}: unreadable ({exc})") from exc
     ids = np.empty(n, dtype=object)
     ids[:] = items["ids"]
-    return Segment(ref, ids, items["tombstones"], flat, index, columns, blob, offsets)
+    return Segment(ref, ids, items["tombstones"], flat, index, columns, blob, offsets, hnsw_sq8_walk(index))
