@@ -103,6 +103,15 @@ def test_queries_of_another_dimension_are_refused() -> None:
         walk.search(np.zeros(DIM + 1, dtype=np.float32).tobytes(), 5, 16, 2, 1)
 
 
+def test_a_damaged_graph_is_refused_not_walked() -> None:
+    index = _refined("HNSW8,SQ8", _clustered(100, 12))
+    hnsw = faiss.downcast_index(index.base_index).hnsw
+    links = faiss.rev_swig_ptr(hnsw.neighbors.data(), hnsw.neighbors.size())
+    links[3] = 100  # a row the index does not hold
+    with pytest.raises(ValueError, match="not the arrays of one HNSW SQ8 index"):
+        hnsw_sq8_walk(index)
+
+
 @pytest.mark.parametrize(
     ("factory", "metric", "refined"),
     [

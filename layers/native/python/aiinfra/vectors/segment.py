@@ -247,6 +247,7 @@ def read_segment(directory: Path, ref: SegmentRef, dimension: int) -> Segment:
             raise CorruptSegment(f"segment {ref.id}: row counts or dimension disagree with its ids")
         if index is not None and items.get("refine"):
             index = faiss.IndexRefine(index, flat)  # holds both: see stored_factory
+        walk = hnsw_sq8_walk(index)
         numeric = [
             (key, np.load(directory / f"num-{i}.npy").astype("<f8").tobytes())
             for i, key in enumerate(items["numeric"])
@@ -268,4 +269,4 @@ def read_segment(directory: Path, ref: SegmentRef, dimension: int) -> Segment:
         raise CorruptSegment(f"segment {ref.id}: unreadable ({exc})") from exc
     ids = np.empty(n, dtype=object)
     ids[:] = items["ids"]
-    return Segment(ref, ids, items["tombstones"], flat, index, columns, blob, offsets, hnsw_sq8_walk(index))
+    return Segment(ref, ids, items["tombstones"], flat, index, columns, blob, offsets, walk)
