@@ -56,12 +56,9 @@ impl Bytes {
 
 #[inline(always)]
 fn i32_at(bytes: &[u8], i: usize) -> i32 {
-    i32::from_le_bytes([
-        bytes[4 * i],
-        bytes[4 * i + 1],
-        bytes[4 * i + 2],
-        bytes[4 * i + 3],
-    ])
+    bytes
+        .get(4 * i..4 * i + 4)
+        .map_or(-1, |b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 #[inline(always)]
@@ -186,13 +183,11 @@ impl Graph<'_> {
         constant + dot_codes(weights, &self.codes[row as usize * d..][..d])
     }
 
-    /// The neighbours of `node` at `level` (none past the node's own span).
+    /// The neighbours of `node` at `level`. A link past the array reads as -1 (the end of a list):
+    /// a valid graph never asks for one; a damaged one is cut short, never read out of bounds.
     fn neighbours(&self, node: u32, level: usize) -> impl Iterator<Item = u32> + '_ {
-        let (start, end) = (
-            u64_at(self.offsets, node as usize),
-            u64_at(self.offsets, node as usize + 1),
-        );
-        (start + self.level_starts[level]..end.min(start + self.level_starts[level + 1]))
+        let start = u64_at(self.offsets, node as usize);
+        (start + self.level_starts[level]..start + self.level_starts[level + 1])
             .map(|j| i32_at(self.neighbors, j))
             .take_while(|&n| n >= 0)
             .map(|n| n as u32)
