@@ -2,7 +2,7 @@
 //!
 //! FAISS builds, stores and loads the index; this walks the same graph over the same 8-bit codes
 //! as `IndexHNSW::search` does, but prefetches each hop's codes and the next candidate's neighbour
-//! list, so the walk does not wait on one cache miss after another (1.2-1.4x FAISS's own search on
+//! list, so the walk does not wait on one cache miss after another (1.15-1.4x FAISS's own search on
 //! the benchmark's 1M vectors, with AVX-512; see docs/search.md).
 //! It reads FAISS's own arrays in place through the buffer protocol: nothing is copied. A
 //! memory-mapped index holds them at any byte offset, so they are read as bytes, unaligned.
