@@ -185,12 +185,9 @@ class IndexSnapshot:
     ) -> tuple[np.ndarray, np.ndarray]:
         if bitmap is None and segment.walk is not None:  # no filter, no dead rows: our walk (see segment)
             ef = min(MAX_EF_SEARCH, max(ef_search or DEFAULT_EF_SEARCH, k))
-            raw_scores, raw_rows = segment.walk.search(
-                queries.tobytes(), k, ef, REFINE_FACTOR, faiss.omp_get_max_threads()
-            )
-            return np.frombuffer(raw_scores, np.float32).reshape(-1, k), np.frombuffer(
-                raw_rows, np.int64
-            ).reshape(-1, k)
+            found = segment.walk.search(queries.tobytes(), k, ef, REFINE_FACTOR, faiss.omp_get_max_threads())
+            scores = np.frombuffer(found[0], np.float32).reshape(-1, k)
+            return scores, np.frombuffer(found[1], np.int64).reshape(-1, k)
         sel = faiss.IDSelectorBitmap(segment.ref.rows, faiss.swig_ptr(bitmap)) if bitmap is not None else None
         share = count / segment.ref.rows
         index = segment.index
