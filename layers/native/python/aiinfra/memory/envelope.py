@@ -17,10 +17,9 @@ import struct
 from collections.abc import Mapping, Sequence
 
 from aiinfra._native import IntegrityError, encode_commands
+from aiinfra.memory.resp import Arg
 
 __all__ = ["FORMAT", "IntegrityError", "ReferenceCodec", "key_id_of", "new_versions", "version_bytes"]
-
-Arg = bytes | str | int
 
 FORMAT = 1
 NONCE_LEN = 12

@@ -155,11 +155,11 @@ PUT_REPLIES = 5
 
 
 def seal_put(
-    codec: Codec, agent_id: str, key: str, expires_at_ms: int, value_json: bytes
+    codec: Codec, redis_key: bytes, index: bytes, key: str, expires_at_ms: int, value_json: bytes
 ) -> tuple[bytes, int]:
-    """The MULTI/EXEC of a put without precondition (`PUT_REPLIES` replies; its `SET .. GET` answers
-    the value it replaced), and the new version. One native call seals the value into its bytes."""
-    redis_key, index = memory_key(agent_id, key), index_key(agent_id)
+    """The MULTI/EXEC of a put without precondition of `key` (stored at `redis_key`, listed in the
+    agent's `index`): `PUT_REPLIES` replies, its `SET .. GET` answering the value it replaced; and
+    the new version. One native call seals the value into its bytes."""
     set_command, version = codec.seal_command(
         ["SET", redis_key], redis_key, expires_at_ms, value_json, ["PXAT", expires_at_ms, "GET"]
     )
@@ -220,14 +220,14 @@ class MemoryStore:
         self, agent_id: str, key: str, value_json: bytes, ttl: int, condition: Condition
     ) -> tuple[Memory, bool]:
         """Writes one memory; answers it and whether it was created (vs. replaced)."""
-        redis_key, expires = memory_key(agent_id, key), _now_ms() + ttl * 1000
+        redis_key, index, expires = memory_key(agent_id, key), index_key(agent_id), _now_ms() + ttl * 1000
         if condition.mode == "any":
-            request, version = seal_put(self.codec, agent_id, key, expires, value_json)
+            request, version = seal_put(self.codec, redis_key, index, key, expires, value_json)
             replaced, _, _ = self._executed(self.redis.send(request, PUT_REPLIES, redis_key))
             return Memory(key, version, expires), replaced is None
         # One native call seals the value straight into the EVALSHA's bytes.
         request, version = self.codec.seal_command(
-            ["EVALSHA", _PUT.sha, 2, redis_key, index_key(agent_id)],
+            ["EVALSHA", _PUT.sha, 2, redis_key, index],
             redis_key,
             expires,
             value_json,

@@ -85,6 +85,12 @@ def _parameters(kind: Any, sel: faiss.IDSelector | None, **values: Any) -> Any:
     return params
 
 
+def hnsw_ef(ef: int | None, k: int, share: float) -> int:
+    """The efSearch of an HNSW walk for `k` results. A filter leaves `share` of the visited nodes
+    eligible: widen the walk (1/sqrt: measured on MiniLM)."""
+    return min(MAX_EF_SEARCH, math.ceil(max(ef or DEFAULT_EF_SEARCH, k) / math.sqrt(share)))
+
+
 def search_parameters(
     index: faiss.Index, sel: faiss.IDSelector | None, k: int, share: float, nprobe: int | None, ef: int | None
 ) -> Any:
@@ -98,10 +104,8 @@ def search_parameters(
         inner = search_parameters(faiss.downcast_index(index.index), sel, k, share, nprobe, ef)
         return _parameters(faiss.SearchParametersPreTransform, None, index_params=inner)
     if isinstance(index, faiss.IndexHNSW):
-        wanted = max(ef or DEFAULT_EF_SEARCH, k)
-        # A filter leaves `share` of the visited nodes eligible: widen the walk (1/sqrt: measured on MiniLM).
         hnsw = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing from faiss's stubs
-        return _parameters(hnsw, sel, efSearch=min(MAX_EF_SEARCH, math.ceil(wanted / math.sqrt(share))))
+        return _parameters(hnsw, sel, efSearch=hnsw_ef(ef, k, share))
     if isinstance(index, faiss.IndexIVF):
         return _parameters(faiss.SearchParametersIVF, sel, nprobe=min(nprobe or DEFAULT_NPROBE, index.nlist))
     return _parameters(faiss.SearchParameters, sel)
@@ -184,7 +188,7 @@ class IndexSnapshot:
         ef_search: int | None,
     ) -> tuple[np.ndarray, np.ndarray]:
         if bitmap is None and segment.walk is not None:  # no filter, no dead rows: our walk (see segment)
-            ef = min(MAX_EF_SEARCH, max(ef_search or DEFAULT_EF_SEARCH, k))
+            ef = hnsw_ef(ef_search, k, 1.0)
             found = segment.walk.search(queries.tobytes(), k, ef, REFINE_FACTOR, faiss.omp_get_max_threads())
             scores = np.frombuffer(found[0], np.float32).reshape(-1, k)
             return scores, np.frombuffer(found[1], np.int64).reshape(-1, k)
