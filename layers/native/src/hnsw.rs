@@ -90,8 +90,11 @@ struct Graph<'a> {
 fn prefetch<T>(slice: &[T], start: usize, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        let base = slice.as_ptr().wrapping_add(start) as *const i8;
-        for line in (0..bytes).step_by(64) {
+        // Every cache line the bytes touch: FAISS's arrays sit at any offset of a mapped file, so
+        // a 384-byte code can span seven lines, not six.
+        let first = slice.as_ptr().wrapping_add(start) as usize;
+        let base = (first & !63) as *const i8;
+        for line in (0..first % 64 + bytes).step_by(64) {
             // SAFETY: a prefetch is a hint; it never faults, whatever the address.
             unsafe {
                 std::arch::x86_64::_mm_prefetch(
@@ -193,6 +196,14 @@ impl Graph<'_> {
             .map(|n| n as u32)
     }
 
+    /// Starts loading the level-0 neighbours of `node` (their offset was prefetched when `node`
+    /// became a candidate).
+    #[inline(always)]
+    fn prefetch_neighbours(&self, node: u32) {
+        let start = 4 * u64_at(self.offsets, node as usize);
+        prefetch(self.neighbors, start, self.level_starts[1] * 4);
+    }
+
     /// What `walk` asks for `query`, best first.
     #[inline(always)]
     fn search(&self, query: &[f32], walk: Walk, visited: &mut Visited, out: &mut Vec<Scored>) {
@@ -213,6 +224,9 @@ impl Graph<'_> {
             let mut moved = true;
             while moved {
                 moved = false;
+                for n in self.neighbours(nearest, level) {
+                    prefetch(self.codes, n as usize * d, d);
+                }
                 for n in self.neighbours(nearest, level) {
                     let s = self.similarity(&weights, constant, n);
                     if s > best {
@@ -236,6 +250,9 @@ impl Graph<'_> {
             if found.len() >= kept && s < worst {
                 break;
             }
+            if let Some(&Scored(_, next)) = candidates.peek() {
+                self.prefetch_neighbours(next); // the next node, if none of this one's is better
+            }
             for n in self.neighbours(node, 0) {
                 prefetch(&visited.stamps, n as usize, 2);
             }
@@ -251,6 +268,7 @@ impl Graph<'_> {
             for &row in &fresh {
                 let s = self.similarity(&weights, constant, row);
                 if found.len() < kept || s > worst {
+                    prefetch(self.offsets, 8 * row as usize, 8); // see prefetch_neighbours
                     candidates.push(Scored(s, row));
                     found.push(Reverse(Scored(s, row)));
                     if found.len() > kept {
@@ -259,9 +277,8 @@ impl Graph<'_> {
                     worst = found.peek().map_or(s, |r| r.0 .0);
                 }
             }
-            if let Some(Scored(_, next)) = candidates.peek() {
-                let start = 4 * u64_at(self.offsets, *next as usize);
-                prefetch(self.neighbors, start, self.level_starts[1] * 4);
+            if let Some(&Scored(_, next)) = candidates.peek() {
+                self.prefetch_neighbours(next); // the next node to expand, unless this one found better
             }
         }
 
