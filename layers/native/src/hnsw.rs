@@ -9,6 +9,7 @@
 //! memory-mapped index holds them at any byte offset, so they are read as bytes, unaligned.
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::sync::{Mutex, PoisonError};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
@@ -85,6 +86,7 @@ struct Graph<'a> {
     vdiff: &'a [f32],
     entry: u32,
     max_level: usize,
+    scratch: &'a Mutex<Vec<Visited>>,
 }
 
 #[inline(always)]
@@ -156,10 +158,11 @@ struct Answers<'a> {
     rows: &'a mut [i64],
 }
 
-/// Per-thread scratch: which rows this query has seen (a stamp per row, so no clearing per query).
+/// A thread's scratch: which rows this query has seen (a stamp per row, so no clearing per query).
+/// Kept between searches (`HnswSq8Walk::scratch`): a fresh one would fault in a page per row touched.
 struct Visited {
-    stamps: Vec<u16>,
-    stamp: u16,
+    stamps: Vec<u8>,
+    stamp: u8,
 }
 
 impl Visited {
@@ -255,7 +258,7 @@ impl Graph<'_> {
                 self.prefetch_neighbours(next); // the next node, if none of this one's is better
             }
             for n in self.neighbours(node, 0) {
-                prefetch(&visited.stamps, n as usize, 2);
+                prefetch(&visited.stamps, n as usize, 1);
             }
             fresh.clear();
             for n in self.neighbours(node, 0) {
@@ -361,7 +364,8 @@ impl Graph<'_> {
     #[inline(always)]
     fn search_chunk_portable(&self, queries: &[f32], walk: Walk, out: Answers<'_>) {
         let k = walk.k;
-        let mut visited = Visited::new(self.offsets.len() / 8 - 1);
+        let rows = self.offsets.len() / 8 - 1;
+        let mut visited = lock(self.scratch).pop().unwrap_or_else(|| Visited::new(rows));
         let mut best = Vec::with_capacity(k * walk.refine);
         for (i, query) in queries.chunks_exact(self.dimension).enumerate() {
             self.search(query, walk, &mut visited, &mut best);
@@ -370,7 +374,13 @@ impl Graph<'_> {
                 out.rows[i * k + j] = i64::from(row);
             }
         }
+        lock(self.scratch).push(visited);
     }
+}
+
+/// The scratch pool: a search that panicked holding it left nothing half-done in it.
+fn lock(scratch: &Mutex<Vec<Visited>>) -> std::sync::MutexGuard<'_, Vec<Visited>> {
+    scratch.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// FAISS `IndexRefine(IndexHNSWSQ(QT_8bit, inner product), IndexFlatIP)` arrays, searched in place.
@@ -388,6 +398,8 @@ struct HnswSq8Walk {
     trained: Vec<f32>,
     entry: u32,
     max_level: usize,
+    /// One `Visited` per search running at once, reused.
+    scratch: Mutex<Vec<Visited>>,
 }
 
 #[pymethods]
@@ -444,6 +456,7 @@ impl HnswSq8Walk {
             trained,
             entry,
             max_level,
+            scratch: Mutex::new(Vec::new()),
         })
     }
 
@@ -480,6 +493,7 @@ impl HnswSq8Walk {
             vdiff: &self.trained[self.dimension..],
             entry: self.entry,
             max_level: self.max_level,
+            scratch: &self.scratch,
         };
         let k_found = k.min(self.rows);
         let walk = Walk {
