@@ -89,6 +89,26 @@ def test_threads_and_batches_do_not_change_answers() -> None:
     assert (one[0] == three[0]).all()
 
 
+def test_a_walk_reused_for_many_searches_answers_as_a_fresh_one() -> None:
+    """A walk keeps its visited marks between searches, one byte per row, cleared when the 255
+    marks are used up. A query, 254 searches elsewhere (the opposite direction), then the query
+    again: a mark left from its first search would hide the very rows it needs."""
+    vectors = _clustered(2000, 7)
+    query = vectors[:1] + 0.01
+    queries = np.concatenate([query, np.repeat(-query, 254, axis=0), query])
+    index = _refined("HNSW16,SQ8", vectors)
+    walk = hnsw_sq8_walk(index)
+    assert walk is not None
+
+    def rows(found: tuple[bytes, bytes]) -> np.ndarray:
+        return np.frombuffer(found[1], np.int64).reshape(-1, 5)
+
+    alone = _walk(index, query, 5, ef=20, refine=2)[1][0]
+    batch = rows(walk.search(queries.tobytes(), 5, 20, 2, 1))
+    singly = np.concatenate([rows(walk.search(q.tobytes(), 5, 20, 2, 1)) for q in queries])
+    assert (batch[0] == alone).all() and (batch[255] == alone).all() and (singly == batch).all()
+
+
 def test_fewer_rows_than_k_are_padded() -> None:
     vectors = _clustered(6, 7)
     scores, rows = _walk(_refined("HNSW4,SQ8", vectors), vectors[:2], 10, ef=16, refine=2)
