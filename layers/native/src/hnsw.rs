@@ -143,6 +143,9 @@ fn dot_bytes(query: &[f32], bytes: &[u8]) -> f32 {
         .sum()
 }
 
+/// How many queries a thread of a batch takes at a time.
+const QUERY_BLOCK: usize = 16;
+
 /// What one search asks: the `k` best rows by exact inner product among the `k * refine` best of a
 /// walk keeping `ef` candidates (at least `k * refine`).
 #[derive(Clone, Copy)]
@@ -304,31 +307,35 @@ impl Graph<'_> {
     }
 
     /// Every query of `queries` (rows of `dimension`) on `threads` threads: (scores, rows), `k` per
-    /// query, -inf and -1 where the index holds fewer rows.
+    /// query, -inf and -1 where the index holds fewer rows. Threads take queries a block at a time,
+    /// so one slowed down (a busy core) does not hold the others waiting at the end.
     fn search_all(&self, queries: &[f32], walk: Walk, threads: usize) -> (Vec<f32>, Vec<i64>) {
         let count = queries.len() / self.dimension;
         let mut scores = vec![f32::NEG_INFINITY; count * walk.k];
         let mut rows = vec![-1i64; count * walk.k];
-        let per_thread = count.div_ceil(threads.clamp(1, count.max(1))).max(1);
-        if per_thread >= count {
-            // one thread's worth (a single query): no thread to start
-            self.search_chunk(
-                queries,
-                walk,
-                Answers {
-                    scores: &mut scores,
-                    rows: &mut rows,
-                },
-            );
+        let threads = threads.clamp(1, count.div_ceil(QUERY_BLOCK).max(1));
+        if threads == 1 {
+            let out = Answers {
+                scores: &mut scores,
+                rows: &mut rows,
+            };
+            self.search_chunk(queries, walk, out);
             return (scores, rows);
         }
+        let blocks = Mutex::new(
+            queries
+                .chunks(QUERY_BLOCK * self.dimension)
+                .zip(scores.chunks_mut(QUERY_BLOCK * walk.k))
+                .zip(rows.chunks_mut(QUERY_BLOCK * walk.k)),
+        );
+        let next_block = || blocks.lock().unwrap_or_else(PoisonError::into_inner).next();
         std::thread::scope(|scope| {
-            let chunks = queries
-                .chunks(per_thread * self.dimension)
-                .zip(scores.chunks_mut(per_thread * walk.k))
-                .zip(rows.chunks_mut(per_thread * walk.k));
-            for ((queries, scores), rows) in chunks {
-                scope.spawn(move || self.search_chunk(queries, walk, Answers { scores, rows }));
+            for _ in 0..threads {
+                scope.spawn(|| {
+                    while let Some(((queries, scores), rows)) = next_block() {
+                        self.search_chunk(queries, walk, Answers { scores, rows });
+                    }
+                });
             }
         });
         (scores, rows)
