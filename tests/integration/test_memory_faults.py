@@ -156,7 +156,7 @@ def _certificates(directory: Path) -> tuple[Path, Path, Path]:
     return directory / "ca.pem", directory / "s.pem", directory / "s.key"
 
 
-def test_rediss_url_speaks_tls_and_verifies_the_server(
+def test_rediss_url_speaks_tls_verifies_the_server_and_times_out(
     redis_factory: Callable[..., RedisServer],
     keyring_uri: str,
     agent: str,
@@ -165,7 +165,7 @@ def test_rediss_url_speaks_tls_and_verifies_the_server(
 ) -> None:
     ca, cert, key = _certificates(tmp_path)
     tls_port = free_port()
-    redis_factory(
+    server = redis_factory(
         *("--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)),
         *("--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"),
     )
@@ -174,6 +174,13 @@ def test_rediss_url_speaks_tls_and_verifies_the_server(
     with pytest.raises(RedisUnavailable, match="SSLCertVerificationError"):
         untrusted.get(agent, "k")
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # what a deployment's trust store would hold
-    store = memory_store(memory_settings_for(url, keyring_uri))
+    store = memory_store(memory_settings_for(url, keyring_uri, timeout=0.3))
     store.put(agent, "k", b'"over tls"', 60, Condition())
+    assert store.get(agent, "k").value_json == b'"over tls"'
+    server.pause()  # a hung server: the socket's timeout holds over TLS too
+    started = time.monotonic()
+    with pytest.raises(RedisUnavailable):
+        store.get(agent, "k")
+    assert time.monotonic() - started < 2
+    server.resume()
     assert store.get(agent, "k").value_json == b'"over tls"'

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import socket
+import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -66,6 +67,15 @@ class _Connection:
             import ssl
 
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=address.host)
+        else:
+            # The kernel keeps the timeout (SO_RCVTIMEO / SO_SNDTIMEO on a blocking socket): with
+            # Python's own, every send and recv first waits in poll(), two more system calls per
+            # round trip (~1.5 us of ~55 on loopback). Not over TLS: there Python retries a read
+            # that timed out this way, forever.
+            sock.settimeout(None)
+            limit = struct.pack("ll", int(timeout), round(timeout % 1 * 1e6))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         self._sock = sock
         setup: list[list[Arg]] = []
         if address.password is not None:
@@ -88,7 +98,10 @@ class _Connection:
         return replies
 
     def _receive(self) -> bytes:
-        chunk = self._sock.recv(RECEIVE_BYTES)
+        try:
+            chunk = self._sock.recv(RECEIVE_BYTES)
+        except BlockingIOError:  # SO_RCVTIMEO ran out
+            raise TimeoutError("redis did not answer in time") from None
         if not chunk:
             raise ConnectionError("redis closed the connection")
         return chunk
