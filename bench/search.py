@@ -9,7 +9,9 @@ is its own); ours is built through the index store (upsert + compact into a file
 loaded cold by another fresh process, the store's files first dropped from the page cache
 (posix_fadvise DONTNEED, as after a restart). Batch QPS is the median of 5 passes over the 1,000 queries
 (one pass lasts ~0.1 s: a single pass swung by 30 % from run to run); p50/p99 come from 300 queries
-sent one at a time. Writes docs/benchmarks/search.md.
+sent one at a time. Every contender is timed up to the answer its user gets: row numbers, or for
+ours the external string ids (turning those back into row numbers for recall is not timed).
+Writes docs/benchmarks/search.md.
 """
 
 from __future__ import annotations
@@ -119,8 +121,14 @@ def peak_rss_mb() -> float:
 
 
 def measure(
-    search: Callable[[np.ndarray], np.ndarray], queries: np.ndarray, truth: np.ndarray, warmup: np.ndarray
+    search: Callable[[np.ndarray], Any],
+    queries: np.ndarray,
+    truth: np.ndarray,
+    warmup: np.ndarray,
+    rows_of: Callable[[Any], np.ndarray] = np.asarray,
 ) -> dict[str, float]:
+    """`search` answers what its user gets (row numbers, or for ours the external string ids);
+    `rows_of` turns that into row numbers for recall, outside the timing."""
     # First-touch costs (lazy structures, the page faults of a memory-mapped index) are not the steady
     # state of a warm instance: a batch of indexed rows, not the queries, pays them first.
     search(np.ascontiguousarray(warmup))
@@ -135,7 +143,7 @@ def measure(
         t = time.perf_counter()
         search(q[None, :])
         latencies.append((time.perf_counter() - t) * 1e3)
-    hits = [len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]
+    hits = [len(set(f) & set(t)) / K for f, t in zip(rows_of(found), truth, strict=True)]
     return {
         "recall": float(np.mean(hits)),
         "qps": qps,
@@ -255,7 +263,7 @@ def run_ours(folder: Path, factory: str) -> None:
     name = f"aiinfra {factory}"
     for ef in OURS[factory]:
         result = measure(
-            lambda q, ef=ef: ids_of(snapshot.search(q, K, ef_search=ef)), queries, truth, data[:QUERIES]
+            lambda q, e=ef: snapshot.search(q, K, ef_search=e).ids(), queries, truth, data[:QUERIES], rows_of
         )
         emit(name, f"ef_search={ef}", result, load=load, imports=imports)
     import faiss
@@ -271,14 +279,13 @@ def run_ours(folder: Path, factory: str) -> None:
         sub_truth = chosen[exact.search(queries, K)[1]]
         program = compile_filter(condition)
         result = measure(
-            lambda q, p=program: ids_of(snapshot.search(q, K, p)), queries, sub_truth, data[:QUERIES]
+            lambda q, p=program: snapshot.search(q, K, p).ids(), queries, sub_truth, data[:QUERIES], rows_of
         )
         emit(name, f"filter: {share} % selected", result, load=load, imports=imports)
 
 
-def ids_of(found: Any) -> np.ndarray:
-    """Our string ids back to the row numbers the other contenders return."""
-    ids = found.ids()
+def rows_of(ids: np.ndarray) -> np.ndarray:
+    """Our string ids (the bench upserts row i as id "i") back to the row numbers of the truth."""
     return np.where(ids == None, "-1", ids).astype(np.int64)  # noqa: E711 (elementwise on an object array)
 
 
