@@ -3,7 +3,7 @@
 //! FAISS builds, stores and loads the index; this walks the same graph over the same 8-bit codes
 //! as `IndexHNSW::search` does, but starts each load before it is needed (a hop's codes, a
 //! candidate's offset, the likely next node's neighbour list), so the walk does not wait on one
-//! cache miss after another (1.7-1.8x FAISS's own search on the benchmark's 1M vectors; see
+//! cache miss after another (1.9x FAISS's own search on the benchmark's 1M vectors; see
 //! docs/search.md).
 //! It reads FAISS's own arrays in place through the buffer protocol: nothing is copied. A
 //! memory-mapped index holds them at any byte offset, so they are read as bytes, unaligned.
