@@ -161,7 +161,7 @@ struct Answers<'a> {
     rows: &'a mut [i64],
 }
 
-/// A thread's scratch: which rows this query has seen (a stamp per row, so no clearing per query).
+/// One search's scratch: which rows its query has seen (a stamp per row, so no clearing per query).
 /// Kept between searches (`HnswSq8Walk::scratch`): a fresh one would fault in a page per row touched.
 struct Visited {
     stamps: Vec<u8>,

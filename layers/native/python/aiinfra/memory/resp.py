@@ -73,7 +73,7 @@ class _Connection:
             # round trip (~1.5 us of ~55 on loopback). Not over TLS: there Python retries a read
             # that timed out this way, forever.
             sock.settimeout(None)
-            limit = struct.pack("ll", int(timeout), round(timeout % 1 * 1e6))
+            limit = struct.pack("ll", *divmod(round(timeout * 1e6), 1_000_000))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
         self._sock = sock
@@ -89,19 +89,19 @@ class _Connection:
                 raise RedisUnavailable(f"redis refused the connection set-up: {reply}")
 
     def roundtrip(self, request: bytes, count: int) -> list[Any]:
-        self._sock.sendall(request)
-        received: bytes | bytearray = self._receive()
-        while (replies := decode_replies(received, count, RedisError)) is None:
-            if isinstance(received, bytes):
-                received = bytearray(received)  # a long reply: grow one buffer, never re-copy it whole
-            received += self._receive()
+        try:
+            self._sock.sendall(request)
+            received: bytes | bytearray = self._receive()
+            while (replies := decode_replies(received, count, RedisError)) is None:
+                if isinstance(received, bytes):
+                    received = bytearray(received)  # a long reply: grow one buffer, never re-copy it whole
+                received += self._receive()
+        except BlockingIOError:  # SO_RCVTIMEO or SO_SNDTIMEO ran out
+            raise TimeoutError("redis did not answer in time") from None
         return replies
 
     def _receive(self) -> bytes:
-        try:
-            chunk = self._sock.recv(RECEIVE_BYTES)
-        except BlockingIOError:  # SO_RCVTIMEO ran out
-            raise TimeoutError("redis did not answer in time") from None
+        chunk = self._sock.recv(RECEIVE_BYTES)
         if not chunk:
             raise ConnectionError("redis closed the connection")
         return chunk
