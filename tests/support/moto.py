@@ -1,4 +1,11 @@
-"""A real `moto_server` (moto in server mode) as a subprocess on a free port, reached over HTTP.
+"""A real moto server (moto in server mode) as a subprocess on a free port, reached over HTTP.
+
+It is moto's own server application, run as `moto_server` runs it but answering one request at a
+time: moto checks a PutObject's If-Match / If-None-Match and then writes, with nothing between the
+two, so on `moto_server`'s threads two racing conditional writes can both pass the check and one
+is lost, which S3 never allows. Served one at a time, moto's conditional writes are atomic as S3's
+are, and the race tests test our writers, not moto's threads. (Without threads the server speaks
+HTTP/1.0: a connection per request, so no client holds it.)
 
 The session fixture yields the endpoint URL and sets nothing global: each test builds its boto3
 client with `endpoint_url=` (and any region and dummy credentials), so S3, KMS and Secrets Manager
@@ -8,6 +15,7 @@ their own and stop it.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +27,7 @@ import pytest
 
 from tests.support.redis_server import free_port
 
-MOTO_SERVER = Path(sys.executable).with_name("moto_server")
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class MotoServer:
@@ -35,7 +43,8 @@ class MotoServer:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-m", "tests.support.moto", str(self.port)],
+                cwd=REPO_ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -71,3 +80,21 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+def serve(port: int) -> None:
+    """moto's server application on 127.0.0.1:`port`, one request at a time (see the module)."""
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import run_simple
+
+    os.environ.setdefault("MOTO_PORT", str(port))  # as moto_server sets it
+    application = DomainDispatcherApplication(create_backend_app)
+    run_simple("127.0.0.1", port, application, threaded=False, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))
