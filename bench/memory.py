@@ -35,7 +35,7 @@ from aiinfra.memory.store import INDEX_TTL_MS, PUT_REPLIES, Codec, Condition, Me
 from cryptography.fernet import Fernet  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
-from bench.report import machine, write_report  # noqa: E402
+from bench.report import machine, verdict, write_report  # noqa: E402
 from tests.support.events import LambdaContext, api_gateway_event  # noqa: E402
 from tests.support.redis_server import free_port  # noqa: E402
 
@@ -382,10 +382,6 @@ def table(results: dict[str, Row], benchmark: dict[str, dict[str, float]] | None
         set_ops, get_ops = numbers["SET"], numbers["GET"]
         lines.append(f"| {label} | {set_ops:,.0f} | | {get_ops:,.0f} | | | |")
     return "\n".join(lines)
-
-
-def verdict(ok: bool) -> str:
-    return "met" if ok else "**missed**"
 
 
 def main() -> None:

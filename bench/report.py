@@ -28,3 +28,8 @@ def write_report(name: str, markdown: str) -> Path:
     path = DOCS / f"{name}.md"
     path.write_text(markdown)
     return path
+
+
+def verdict(ok: bool) -> str:
+    """How a report says whether a target was reached."""
+    return "met" if ok else "**missed**"
