@@ -172,9 +172,7 @@ def ceiling_contender(port: int, codec: EnvelopeCodec, agent: str) -> dict[str, 
     connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     prefix, index, value, expires = memory_prefix(agent), index_key(agent), orjson.dumps(VALUE), 2**42
     names = [prefix + key.encode() for key in KEYS]
-    puts = [
-        seal_put(codec, name, index, key, expires, value)[0] for name, key in zip(names, KEYS, strict=True)
-    ]
+    puts = [seal_put(codec, prefix, index, key, expires, value)[0] for key in KEYS]
     gets = [encode_commands([["GET", name]]) for name in names]
     batch_values = [value] * BATCH
     batch_put, _ = codec.seal_batch_put(

@@ -111,13 +111,15 @@ def test_codec_refuses_bad_keys() -> None:
         EnvelopeCodec({"bad id": bytes(32)}, "bad id")
 
 
-def _batch_put_request(codec: Any, count: int) -> tuple[list[Any], list[int]]:
+def _batch_put_request(codec: Any, count: int, answer_replaced: bool = False) -> tuple[list[Any], list[int]]:
     """The commands of a batch-put request of `count` memories, decoded (a request is RESP arrays
     too), and the versions the codec gave them."""
     keys = [f"k{i}" for i in range(count)]
     expiries = [2000 + i for i in range(count)]
     values = [b'{"n": %d}' % i for i in range(count)]
-    request, versions = codec.seal_batch_put(b"mem:{a}:", b"idx:{a}", 86_400_000, keys, expiries, values)
+    request, versions = codec.seal_batch_put(
+        b"mem:{a}:", b"idx:{a}", 86_400_000, keys, expiries, values, answer_replaced
+    )
     commands = decode_replies(request, count + 4, ValueError)
     assert commands is not None
     return commands, versions
@@ -152,10 +154,15 @@ def test_a_sealed_command_carries_a_value_the_other_codec_opens(sealer: type, op
     assert version != another and 0 not in (version, another)
 
 
-def test_both_codecs_write_the_same_batch_put_request_but_for_the_sealed_values() -> None:
+@pytest.mark.parametrize("answer_replaced", [False, True])
+def test_both_codecs_write_the_same_batch_put_request_but_for_the_sealed_values(
+    answer_replaced: bool,
+) -> None:
     def without_values(commands: list[Any]) -> list[Any]:
         return [command[:2] + command[3:] if command[0] == b"SET" else command for command in commands]
 
-    (native, _), (reference, _) = (_batch_put_request(_codec(codec), 5) for codec in CODECS)
+    (native, _), (reference, _) = (_batch_put_request(_codec(codec), 5, answer_replaced) for codec in CODECS)
     assert without_values(native) == without_values(reference)
+    tail = [b"PXAT", b"2000", b"GET"] if answer_replaced else [b"PXAT", b"2000"]
+    assert without_values(native)[1][2:] == tail
     assert [len(c[2]) for c in native[1:-3]] == [len(c[2]) for c in reference[1:-3]]

@@ -297,9 +297,10 @@ impl EnvelopeCodec {
         memory_batch::seal_command(py, self, head, redis_key, expires_at_ms, plaintext, tail)
     }
 
-    /// The RESP bytes of an atomic batch put (MULTI, a `SET .. PXAT` per memory, the index update,
-    /// EXEC), and the memories' new versions.
+    /// The RESP bytes of an atomic batch put (MULTI, a `SET .. PXAT` per memory, ending in `GET`
+    /// with `answer_replaced`, the index update, EXEC), and the memories' new versions.
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (prefix, index_key, index_ttl_ms, keys, expiries, values, answer_replaced=false))]
     fn seal_batch_put<'py>(
         &self,
         py: Python<'py>,
@@ -309,6 +310,7 @@ impl EnvelopeCodec {
         keys: Vec<String>,
         expiries: Vec<u64>,
         values: Vec<Bound<'py, PyBytes>>,
+        answer_replaced: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
         memory_batch::seal_batch_put(
             py,
@@ -319,6 +321,7 @@ impl EnvelopeCodec {
             keys,
             expiries,
             values,
+            answer_replaced,
         )
     }
 

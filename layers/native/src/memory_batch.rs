@@ -78,7 +78,9 @@ pub fn seal_command<'py>(
 /// The whole request of an atomic batch put, sealed and written in one pass with the GIL released
 /// (no sealed value becomes a Python object on its way to the socket): `MULTI`, then
 /// `SET <prefix><key> <sealed> PXAT <expires_at_ms>` per memory, `ZADD <index_key> 0 <key> ...`,
-/// `PEXPIRE <index_key> <index_ttl_ms>` and `EXEC`; and the memories' new versions.
+/// `PEXPIRE <index_key> <index_ttl_ms>` and `EXEC`; and the memories' new versions. With
+/// `answer_replaced` each SET ends in `GET`, answering the value it replaced (nil when it created
+/// one): how a single put tells created from replaced.
 #[allow(clippy::too_many_arguments)]
 pub fn seal_batch_put<'py>(
     py: Python<'py>,
@@ -89,6 +91,7 @@ pub fn seal_batch_put<'py>(
     keys: Vec<String>,
     expiries: Vec<u64>,
     values: Vec<Bound<'py, PyBytes>>,
+    answer_replaced: bool,
 ) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
     let count = keys.len();
     if expiries.len() != count || values.len() != count {
@@ -111,13 +114,20 @@ pub fn seal_batch_put<'py>(
             redis_key.clear();
             redis_key.extend_from_slice(prefix);
             redis_key.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(b"*5\r\n$3\r\nSET\r\n");
+            out.extend_from_slice(if answer_replaced {
+                b"*6\r\n$3\r\nSET\r\n"
+            } else {
+                b"*5\r\n$3\r\nSET\r\n"
+            });
             write_bulk_bytes(&mut out, &redis_key);
             write_bulk_sealed(
                 &mut out, &mut aad, codec, &redis_key, *write, *expires, value,
             )?;
             out.extend_from_slice(b"$4\r\nPXAT\r\n");
             write_bulk_decimal(&mut out, *expires);
+            if answer_replaced {
+                out.extend_from_slice(b"$3\r\nGET\r\n");
+            }
         }
         write_header(&mut out, b'*', 2 + 2 * count);
         write_bulk_bytes(&mut out, b"ZADD");

@@ -66,6 +66,7 @@ class EnvelopeCodec:
         keys: list[str],
         expiries: list[int],
         values: list[bytes],
+        answer_replaced: bool = False,
     ) -> tuple[bytes, list[int]]: ...
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]

@@ -118,15 +118,18 @@ class ReferenceCodec:
         keys: list[str],
         expiries: list[int],
         values: list[bytes],
+        answer_replaced: bool = False,
     ) -> tuple[bytes, list[int]]:
         """The RESP bytes of an atomic batch put: `MULTI`, `SET <prefix><key> <sealed> PXAT
-        <expires_at_ms>` per memory, `ZADD <index_key> 0 <key> ...`, `PEXPIRE <index_key>
+        <expires_at_ms>` per memory (ending in `GET` with `answer_replaced`: the SET then answers
+        the value it replaced), `ZADD <index_key> 0 <key> ...`, `PEXPIRE <index_key>
         <index_ttl_ms>`, `EXEC`; and the memories' new versions."""
         versions = new_versions(len(keys))
         redis_keys = [prefix + key.encode() for key in keys]
         sealed = self.seal_many(list(zip(redis_keys, versions, expiries, values, strict=True)))
+        answer: list[Arg] = ["GET"] if answer_replaced else []
         sets: list[list[Arg]] = [
-            ["SET", redis_key, blob, "PXAT", expires]
+            ["SET", redis_key, blob, "PXAT", expires, *answer]
             for redis_key, blob, expires in zip(redis_keys, sealed, expiries, strict=True)
         ]
         index: list[Arg] = ["ZADD", index_key]

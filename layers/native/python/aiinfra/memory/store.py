@@ -45,6 +45,7 @@ class Codec(Protocol):
         keys: list[str],
         expiries: list[int],
         values: list[bytes],
+        answer_replaced: bool = False,
     ) -> tuple[bytes, list[int]]: ...
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]
@@ -155,16 +156,15 @@ PUT_REPLIES = 5
 
 
 def seal_put(
-    codec: Codec, redis_key: bytes, index: bytes, key: str, expires_at_ms: int, value_json: bytes
+    codec: Codec, prefix: bytes, index: bytes, key: str, expires_at_ms: int, value_json: bytes
 ) -> tuple[bytes, int]:
-    """The MULTI/EXEC of a put without precondition of `key` (stored at `redis_key`, listed in the
-    agent's `index`): `PUT_REPLIES` replies, its `SET .. GET` answering the value it replaced; and
-    the new version. One native call seals the value into its bytes."""
-    set_command, version = codec.seal_command(
-        ["SET", redis_key], redis_key, expires_at_ms, value_json, ["PXAT", expires_at_ms, "GET"]
+    """The MULTI/EXEC of a put without precondition of `key` (stored under `prefix`, listed in the
+    agent's `index`): a batch put of one whose `SET .. GET` answers the value it replaced, in
+    `PUT_REPLIES` replies; and the new version. One native call seals the value into its bytes."""
+    request, [version] = codec.seal_batch_put(
+        prefix, index, INDEX_TTL_MS, [key], [expires_at_ms], [value_json], True
     )
-    index_update = encode_commands([["ZADD", index, 0, key], ["PEXPIRE", index, INDEX_TTL_MS], ["EXEC"]])
-    return _MULTI + set_command + index_update, version
+    return request, version
 
 
 def _now_ms() -> int:
@@ -220,11 +220,12 @@ class MemoryStore:
         self, agent_id: str, key: str, value_json: bytes, ttl: int, condition: Condition
     ) -> tuple[Memory, bool]:
         """Writes one memory; answers it and whether it was created (vs. replaced)."""
-        redis_key, index, expires = memory_key(agent_id, key), index_key(agent_id), _now_ms() + ttl * 1000
+        index, expires = index_key(agent_id), _now_ms() + ttl * 1000
         if condition.mode == "any":
-            request, version = seal_put(self.codec, redis_key, index, key, expires, value_json)
-            replaced, _, _ = self._executed(self.redis.send(request, PUT_REPLIES, redis_key))
+            request, version = seal_put(self.codec, memory_prefix(agent_id), index, key, expires, value_json)
+            replaced, _, _ = self._executed(self.redis.send(request, PUT_REPLIES, index))
             return Memory(key, version, expires), replaced is None
+        redis_key = memory_key(agent_id, key)
         # One native call seals the value straight into the EVALSHA's bytes.
         request, version = self.codec.seal_command(
             ["EVALSHA", _PUT.sha, 2, redis_key, index],
