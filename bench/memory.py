@@ -54,23 +54,27 @@ CEILING = "ceiling of a Python client: our requests prebuilt, a bare socket"
 Row = dict[str, Any]
 
 
-def timed(operation: Callable[[int], object], count: int) -> list[float]:
+def timed(operation: Callable[[int], object], count: int) -> tuple[list[float], float]:
+    """Each operation's wall time, and the CPU time this thread spent on all of them (the rest of
+    the wall time is waiting for Redis)."""
     for i in range(min(50, count)):
         operation(i)  # warm connections, script caches and allocators
     samples = []
+    cpu_started = time.thread_time()
     for i in range(count):
         started = time.perf_counter()
         operation(i)
         samples.append(time.perf_counter() - started)
-    return samples
+    return samples, time.thread_time() - cpu_started
 
 
-def summary(samples: list[float]) -> Row:
+def summary(samples: list[float], cpu_seconds: float) -> Row:
     ordered = sorted(samples)
     return {
         "ops": len(samples) / sum(samples),
         "p50": ordered[len(ordered) // 2] * 1e3,
         "p99": ordered[int(len(ordered) * 0.99)] * 1e3,
+        "cpu_us": cpu_seconds / len(samples) * 1e6,
     }
 
 
@@ -264,6 +268,7 @@ def interleaved(
     same code at 82 % of redis-benchmark first in the round, 67 % last), so every contender takes
     every place equally often."""
     samples: dict[str, dict[str, list[float]]] = {name: {op: [] for op in counts} for name in contenders}
+    cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(counts, 0.0) for name in contenders}
     places: list[str | None] = [None, *contenders]  # None: each_round's place
     for op, count in counts.items():
         chunk = count // ROUNDS
@@ -274,8 +279,13 @@ def interleaved(
                     each_round(op)
                 else:
                     operation = functools.partial(_offset, contenders[name][op], round_ * chunk)
-                    samples[name][op] += timed(operation, chunk)
-    results = {name: {op: summary(times) for op, times in ops.items()} for name, ops in samples.items()}
+                    times, cpu_seconds = timed(operation, chunk)
+                    samples[name][op] += times
+                    cpu[name][op] += cpu_seconds
+    results = {
+        name: {op: summary(times, cpu[name][op]) for op, times in ops.items()}
+        for name, ops in samples.items()
+    }
     for name, row in results.items():
         print(name, json.dumps(row), flush=True)
     return results
@@ -382,6 +392,21 @@ def table(results: dict[str, Row], benchmark: dict[str, dict[str, float]] | None
     return "\n".join(lines)
 
 
+def time_split(results: dict[str, Row]) -> str:
+    """A single put's and get's wall time per operation, and how much of it this thread ran on the
+    CPU (system calls included); the rest it waited for Redis's answer."""
+    lines = [
+        "| contender | put us per op | of it CPU | get us per op | of it CPU |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, row in results.items():
+        cells = [name]
+        for op in ("put", "get"):
+            cells += [f"{1e6 / row[op]['ops']:.1f}", f"{row[op]['cpu_us']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     assert shutil.which("redis-server") and shutil.which("redis-benchmark"), "make system-tools"
     with tempfile.TemporaryDirectory() as scratch:
@@ -461,6 +486,12 @@ def main() -> None:
             "## Data plane (no HTTP)",
             "",
             table(plane, benchmark),
+            "",
+            "Where a single operation's time goes: wall time per operation (1 / ops/s), and the CPU "
+            "time the client thread spent on it, system calls included; the rest is waiting for the "
+            "answer.",
+            "",
+            time_split(plane),
             "",
             "## Through the Lambda handler (API Gateway HTTP API events, payload 2.0)",
             "",
