@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from aiinfra._native import encode_commands
 from aiinfra.config import MemorySettings
 from aiinfra.memory.envelope import IntegrityError, key_id_of, version_bytes
 from aiinfra.memory.keyring import load_keyring
@@ -79,8 +78,6 @@ class Memory(NamedTuple):
     expires_at_ms: int
     value_json: bytes = b""
 
-
-_MULTI = encode_commands([["MULTI"]])
 
 # A put with a precondition: 0 when it does not hold, else 2 when created, 1 when replaced.
 _PUT = Script(
