@@ -81,6 +81,21 @@ def test_reproduces_sentence_transformers(
     assert worst >= bar, f"{model_id}: min cosine {worst:.6f}"
 
 
+def test_int8_products_cannot_saturate_on_cpus_without_vnni(model_dir: Path) -> None:
+    """onnxruntime's uint8 x int8 kernel without VNNI (AVX2) adds pairs of products in saturating
+    int16: the int8 model's vectors are the same on every CPU only if no pair can pass 32767."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_dir / INT8 / "model.onnx"))
+    weights = {t.name: t for t in model.graph.initializer}
+    products = [node for node in model.graph.node if node.op_type == "MatMulIntegerToFloat"]
+    assert len(products) == 6 * 6  # 6 layers: Q, K, V, attention output, intermediate, output
+    for node in products:
+        peak = int(np.abs(numpy_helper.to_array(weights[node.input[1]]).astype(np.int32)).max())
+        assert 2 * 255 * peak <= 32767, (node.name, peak)
+
+
 def test_fp32_sts_benchmark(embedders: dict[str, Embedder], sts_pairs: StsPairs) -> None:
     assert sts_score(embedders[FP32], sts_pairs) == pytest.approx(82.05, abs=0.05)
 
