@@ -373,38 +373,38 @@ def cold_start() -> tuple[float, float]:
         return min(once("web") for _ in range(5)), min(once(app) for _ in range(5))
 
 
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A table of named rows: the first column left-aligned, the numbers right-aligned."""
+    lines = ["| " + " | ".join(headers) + " |", "| --- |" + " ---: |" * (len(headers) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def table(results: dict[str, Row], benchmark: dict[str, dict[str, float]] | None) -> str:
-    lines = [
-        "| contender | put ops/s | put p50 / p99 ms | get ops/s | get p50 / p99 ms "
-        "| batch-put 100 p50 / p99 ms | batch-get 100 p50 / p99 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    rows = []
     for name, row in results.items():
         cells = [name]
         for op in ("put", "get"):
             cells += [f"{row[op]['ops']:,.0f}", f"{row[op]['p50']:.3f} / {row[op]['p99']:.3f}"]
         for op in ("batch_put", "batch_get"):
             cells.append(f"{row[op]['p50']:.3f} / {row[op]['p99']:.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     for label, numbers in (benchmark or {}).items():
-        set_ops, get_ops = numbers["SET"], numbers["GET"]
-        lines.append(f"| {label} | {set_ops:,.0f} | | {get_ops:,.0f} | | | |")
-    return "\n".join(lines)
+        rows.append([label, f"{numbers['SET']:,.0f}", "", f"{numbers['GET']:,.0f}", "", "", ""])
+    headers = ["contender", "put ops/s", "put p50 / p99 ms", "get ops/s", "get p50 / p99 ms"]
+    return markdown_table([*headers, "batch-put 100 p50 / p99 ms", "batch-get 100 p50 / p99 ms"], rows)
 
 
 def time_split(results: dict[str, Row]) -> str:
     """A single put's and get's wall time per operation, and how much of it this thread ran on the
     CPU (system calls included); the rest it waited for Redis's answer."""
-    lines = [
-        "| contender | put us per op | of it CPU | get us per op | of it CPU |",
-        "| --- | ---: | ---: | ---: | ---: |",
+    rows = [
+        [
+            name,
+            *(f"{value:.1f}" for op in ("put", "get") for value in (1e6 / row[op]["ops"], row[op]["cpu_us"])),
+        ]
+        for name, row in results.items()
     ]
-    for name, row in results.items():
-        cells = [name]
-        for op in ("put", "get"):
-            cells += [f"{1e6 / row[op]['ops']:.1f}", f"{row[op]['cpu_us']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(["contender", "put us per op", "of it CPU", "get us per op", "of it CPU"], rows)
 
 
 def main() -> None:
