@@ -107,6 +107,11 @@ pub fn seal_batch_put<'py>(
             .sum();
         let mut out = Vec::with_capacity(size + 128);
         let (mut aad, mut redis_key) = (Vec::new(), Vec::new());
+        let (set_head, set_tail): (&[u8], &[u8]) = if answer_replaced {
+            (b"*6\r\n$3\r\nSET\r\n", b"$3\r\nGET\r\n")
+        } else {
+            (b"*5\r\n$3\r\nSET\r\n", b"")
+        };
         out.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
         for ((key, expires), (value, write)) in
             keys.iter().zip(&expiries).zip(values.iter().zip(&writes))
@@ -114,20 +119,14 @@ pub fn seal_batch_put<'py>(
             redis_key.clear();
             redis_key.extend_from_slice(prefix);
             redis_key.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(if answer_replaced {
-                b"*6\r\n$3\r\nSET\r\n"
-            } else {
-                b"*5\r\n$3\r\nSET\r\n"
-            });
+            out.extend_from_slice(set_head);
             write_bulk_bytes(&mut out, &redis_key);
             write_bulk_sealed(
                 &mut out, &mut aad, codec, &redis_key, *write, *expires, value,
             )?;
             out.extend_from_slice(b"$4\r\nPXAT\r\n");
             write_bulk_decimal(&mut out, *expires);
-            if answer_replaced {
-                out.extend_from_slice(b"$3\r\nGET\r\n");
-            }
+            out.extend_from_slice(set_tail);
         }
         write_header(&mut out, b'*', 2 + 2 * count);
         write_bulk_bytes(&mut out, b"ZADD");
