@@ -120,7 +120,7 @@ def _batch_put_request(codec: Any, count: int, answer_replaced: bool = False) ->
     request, versions = codec.seal_batch_put(
         b"mem:{a}:", b"idx:{a}", 86_400_000, keys, expiries, values, answer_replaced
     )
-    commands = decode_replies(request, count + 4, ValueError)
+    commands = decode_replies(request, count + 4)
     assert commands is not None
     return commands, versions
 
@@ -146,7 +146,7 @@ def test_a_sealed_command_carries_a_value_the_other_codec_opens(sealer: type, op
     key = b"mem:{a}:plan"
     head, tail = ["EVALSHA", "f" * 40, 2, key, b"idx:{a}"], [5000, "match", bytes(8), "plan", -1]
     request, version = _codec(sealer).seal_command(head, key, 5000, b'{"step": 2}', tail)
-    [command] = decode_replies(request, 1, ValueError) or []
+    [command] = decode_replies(request, 1) or []
     assert command[:5] == [b"EVALSHA", b"f" * 40, b"2", key, b"idx:{a}"]
     assert command[6:] == [b"5000", b"match", bytes(8), b"plan", b"-1"]
     assert _codec(opener).open(key, command[5]) == (version, 5000, b'{"step": 2}')

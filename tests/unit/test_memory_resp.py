@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiinfra._native import decode_replies, encode_commands, key_slot
+from aiinfra._native import RedisRedirect, decode_replies, encode_commands, key_slot
 from aiinfra.memory.resp import RedisAddress, RedisError
 
 
@@ -58,7 +58,7 @@ def _plain(replies: list[Any]) -> list[Any]:
 
 
 def test_replies_decode_to_python_values_and_errors_in_place() -> None:
-    replies = decode_replies(REPLIES, len(DECODED), RedisError)
+    replies = decode_replies(REPLIES, len(DECODED))
     assert replies is not None and _plain(replies) == DECODED
     assert str(replies[4]).startswith("WRONGTYPE ")
 
@@ -66,8 +66,8 @@ def test_replies_decode_to_python_values_and_errors_in_place() -> None:
 @pytest.mark.parametrize("kind", [bytes, bytearray])
 def test_a_reply_cut_anywhere_is_incomplete_until_its_last_byte(kind: type) -> None:
     for cut in range(len(REPLIES)):
-        assert decode_replies(kind(REPLIES[:cut]), len(DECODED), RedisError) is None, cut
-    whole = decode_replies(kind(REPLIES), len(DECODED), RedisError)
+        assert decode_replies(kind(REPLIES[:cut]), len(DECODED)) is None, cut
+    whole = decode_replies(kind(REPLIES), len(DECODED))
     assert whole is not None and _plain(whole) == DECODED
 
 
@@ -78,4 +78,15 @@ def test_a_reply_cut_anywhere_is_incomplete_until_its_last_byte(kind: type) -> N
 )
 def test_anything_but_resp2_breaks_the_connection(broken: bytes) -> None:
     with pytest.raises(ConnectionError):
-        decode_replies(broken, 1, RedisError)
+        decode_replies(broken, 1)
+
+
+@pytest.mark.parametrize("kind", ["MOVED", "ASK"])
+def test_a_cluster_redirect_anywhere_in_a_pipeline_raises_instead_of_answering(kind: str) -> None:
+    # How a cluster node answers a MULTI/EXEC for a slot it does not serve: MULTI is queued, the
+    # command redirected, EXEC aborted. No reply of it may pass for an answer.
+    redirected = b"+OK\r\n-%s 3999 127.0.0.1:7001\r\n-EXECABORT Transaction discarded\r\n" % kind.encode()
+    with pytest.raises(RedisRedirect, match=f"^{kind} 3999 127.0.0.1:7001$"):
+        decode_replies(redirected, 3)
+    other = decode_replies(b"-MOVEDX 1\r\n", 1)  # only the redirect replies raise
+    assert other is not None and isinstance(other[0], RedisError) and not isinstance(other[0], RedisRedirect)

@@ -341,6 +341,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(memory_batch::encode_commands, m)?)?;
     m.add_function(wrap_pyfunction!(memory_batch::key_slot, m)?)?;
     m.add_function(wrap_pyfunction!(memory_batch::decode_replies, m)?)?;
+    m.add_function(wrap_pyfunction!(memory_batch::roundtrip, m)?)?;
+    m.add("RedisError", m.py().get_type::<memory_batch::RedisError>())?;
+    m.add("RedisRedirect", m.py().get_type::<memory_batch::RedisRedirect>())?;
     m.add("IntegrityError", m.py().get_type::<IntegrityError>())?;
     Ok(())
 }

@@ -1,5 +1,12 @@
 //! The batch data plane: seal or open many memories in one call (GIL released), the RESP request
-//! bytes of a pipeline, and the Redis Cluster slot a key routes to.
+//! bytes of a pipeline, a pipeline's round trip on a plain TCP connection, and the Redis Cluster
+//! slot a key routes to.
+use std::io::{ErrorKind, Read, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{FromRawFd, RawFd};
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyConnectionError, PyException, PyTimeoutError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
@@ -75,8 +82,8 @@ pub fn seal_command<'py>(
     Ok((PyBytes::new(py, &out), version))
 }
 
-/// The whole request of an atomic batch put, sealed and written in one pass with the GIL released
-/// (no sealed value becomes a Python object on its way to the socket): `MULTI`, then
+/// The whole request of an atomic batch put, sealed and written in one pass, a batch of many with
+/// the GIL released (no sealed value becomes a Python object on its way to the socket): `MULTI`, then
 /// `SET <prefix><key> <sealed> PXAT <expires_at_ms>` per memory, `ZADD <index_key> 0 <key> ...`,
 /// `PEXPIRE <index_key> <index_ttl_ms>` and `EXEC`; and the memories' new versions. With
 /// `answer_replaced` each SET ends in `GET`, answering the value it replaced (nil when it created
@@ -100,48 +107,79 @@ pub fn seal_batch_put<'py>(
         ));
     }
     let values: Vec<&[u8]> = values.iter().map(|value| value.as_bytes()).collect();
-    let (request, versions) = py.detach(|| -> Result<(Vec<u8>, Vec<u64>), EnvelopeError> {
-        let writes = fresh_writes(count)?;
-        let size: usize = (keys.iter().zip(&values))
-            .map(|(key, value)| codec.sealed_len(value.len()) + 2 * (prefix.len() + key.len()) + 96)
-            .sum();
-        let mut out = Vec::with_capacity(size + 128);
-        let (mut aad, mut redis_key) = (Vec::new(), Vec::new());
-        let (set_head, set_tail): (&[u8], &[u8]) = if answer_replaced {
-            (b"*6\r\n$3\r\nSET\r\n", b"$3\r\nGET\r\n")
-        } else {
-            (b"*5\r\n$3\r\nSET\r\n", b"")
-        };
-        out.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
-        for ((key, expires), (value, write)) in
-            keys.iter().zip(&expiries).zip(values.iter().zip(&writes))
-        {
-            redis_key.clear();
-            redis_key.extend_from_slice(prefix);
-            redis_key.extend_from_slice(key.as_bytes());
-            out.extend_from_slice(set_head);
-            write_bulk_bytes(&mut out, &redis_key);
-            write_bulk_sealed(
-                &mut out, &mut aad, codec, &redis_key, *write, *expires, value,
-            )?;
-            out.extend_from_slice(b"$4\r\nPXAT\r\n");
-            write_bulk_decimal(&mut out, *expires);
-            out.extend_from_slice(set_tail);
-        }
-        write_header(&mut out, b'*', 2 + 2 * count);
-        write_bulk_bytes(&mut out, b"ZADD");
-        write_bulk_bytes(&mut out, index_key);
-        for key in &keys {
-            out.extend_from_slice(b"$1\r\n0\r\n");
-            write_bulk_bytes(&mut out, key.as_bytes());
-        }
-        out.extend_from_slice(b"*3\r\n$7\r\nPEXPIRE\r\n");
-        write_bulk_bytes(&mut out, index_key);
-        write_bulk_decimal(&mut out, index_ttl_ms);
-        out.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-        Ok((out, writes.iter().map(|(version, _)| *version).collect()))
-    })?;
+    let build = || {
+        batch_put_request(
+            codec,
+            prefix,
+            index_key,
+            index_ttl_ms,
+            &keys,
+            &expiries,
+            &values,
+            answer_replaced,
+        )
+    };
+    // One memory (a single put) is sealed with the GIL held: releasing it costs more than the sealing.
+    let (request, versions) = if count == 1 {
+        build()
+    } else {
+        py.detach(build)
+    }?;
     Ok((PyBytes::new(py, &request), versions))
+}
+
+/// `seal_batch_put`'s request bytes and versions.
+#[allow(clippy::too_many_arguments)]
+fn batch_put_request(
+    codec: &EnvelopeCodec,
+    prefix: &[u8],
+    index_key: &[u8],
+    index_ttl_ms: u64,
+    keys: &[String],
+    expiries: &[u64],
+    values: &[&[u8]],
+    answer_replaced: bool,
+) -> Result<(Vec<u8>, Vec<u64>), EnvelopeError> {
+    let count = keys.len();
+    let writes = fresh_writes(count)?;
+    let size: usize = (keys.iter().zip(values))
+        .map(|(key, value)| codec.sealed_len(value.len()) + 2 * (prefix.len() + key.len()) + 96)
+        .sum();
+    let mut out = Vec::with_capacity(size + 128);
+    let (mut aad, mut redis_key) = (Vec::new(), Vec::new());
+    let (set_head, set_tail): (&[u8], &[u8]) = if answer_replaced {
+        (b"*6\r\n$3\r\nSET\r\n", b"$3\r\nGET\r\n")
+    } else {
+        (b"*5\r\n$3\r\nSET\r\n", b"")
+    };
+    out.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+    for ((key, expires), (value, write)) in
+        keys.iter().zip(expiries).zip(values.iter().zip(&writes))
+    {
+        redis_key.clear();
+        redis_key.extend_from_slice(prefix);
+        redis_key.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(set_head);
+        write_bulk_bytes(&mut out, &redis_key);
+        write_bulk_sealed(
+            &mut out, &mut aad, codec, &redis_key, *write, *expires, value,
+        )?;
+        out.extend_from_slice(b"$4\r\nPXAT\r\n");
+        write_bulk_decimal(&mut out, *expires);
+        out.extend_from_slice(set_tail);
+    }
+    write_header(&mut out, b'*', 2 + 2 * count);
+    write_bulk_bytes(&mut out, b"ZADD");
+    write_bulk_bytes(&mut out, index_key);
+    for key in keys {
+        out.extend_from_slice(b"$1\r\n0\r\n");
+        write_bulk_bytes(&mut out, key.as_bytes());
+    }
+    out.extend_from_slice(b"*3\r\n$7\r\nPEXPIRE\r\n");
+    write_bulk_bytes(&mut out, index_key);
+    write_bulk_decimal(&mut out, index_ttl_ms);
+    out.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+    Ok((out, writes.iter().map(|(version, _)| *version).collect()))
 }
 
 pub type OpenedTuple<'py> = (u64, u64, Bound<'py, PyBytes>);
@@ -307,6 +345,19 @@ pub fn key_slot(key: &[u8]) -> u16 {
     crc % 16384
 }
 
+create_exception!(
+    _native,
+    RedisError,
+    PyException,
+    "Redis answered a command with an error reply."
+);
+create_exception!(
+    _native,
+    RedisRedirect,
+    RedisError,
+    "A Redis Cluster node answered MOVED or ASK: it executed nothing of the pipeline."
+);
+
 /// One RESP2 reply, its payloads borrowed from the receive buffer.
 enum Reply<'a> {
     Bulk(&'a [u8]),
@@ -319,7 +370,7 @@ enum Reply<'a> {
 
 /// A reply that breaks RESP2: the connection can no longer be trusted.
 fn protocol_error(message: &str) -> PyErr {
-    pyo3::exceptions::PyConnectionError::new_err(format!("not a RESP2 reply: {message}"))
+    PyConnectionError::new_err(format!("not a RESP2 reply: {message}"))
 }
 
 /// The line at `at` (without its CRLF) and where the next one starts; None until its CRLF arrived.
@@ -381,24 +432,41 @@ fn parse_reply(buffer: &[u8], at: usize) -> PyResult<Option<(Reply<'_>, usize)>>
     }))
 }
 
-fn to_python<'py>(
-    py: Python<'py>,
-    reply: &Reply<'_>,
-    error_type: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyAny>> {
+fn to_python<'py>(py: Python<'py>, reply: &Reply<'_>) -> PyResult<Bound<'py, PyAny>> {
     Ok(match reply {
         Reply::Bulk(data) | Reply::Simple(data) => PyBytes::new(py, data).into_any(),
-        Reply::Error(message) => error_type.call1((String::from_utf8_lossy(message),))?,
+        Reply::Error(message) => RedisError::new_err(String::from_utf8_lossy(message).into_owned())
+            .into_value(py)
+            .into_bound(py)
+            .into_any(),
         Reply::Integer(value) => value.into_pyobject(py)?.into_any(),
         Reply::Nil => py.None().into_bound(py),
         Reply::Array(items) => {
             let converted = items
                 .iter()
-                .map(|item| to_python(py, item, error_type))
+                .map(|item| to_python(py, item))
                 .collect::<PyResult<Vec<_>>>()?;
             pyo3::types::PyList::new(py, converted)?.into_any()
         }
     })
+}
+
+/// A pipeline's replies as Python values; RedisRedirect when a node sent any of them elsewhere
+/// (`MOVED` or `ASK`: in a cluster it then ran nothing of ours, a MULTI it answers with EXECABORT).
+fn replies_to_python<'py>(
+    py: Python<'py>,
+    replies: &[Reply<'_>],
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    for reply in replies {
+        if let Reply::Error(message) = reply {
+            if message.starts_with(b"MOVED ") || message.starts_with(b"ASK ") {
+                return Err(RedisRedirect::new_err(
+                    String::from_utf8_lossy(message).into_owned(),
+                ));
+            }
+        }
+    }
+    replies.iter().map(|reply| to_python(py, reply)).collect()
 }
 
 /// The `count` replies at the start of `data`, which must hold nothing else; None while incomplete.
@@ -419,15 +487,14 @@ fn parse_replies(data: &[u8], count: usize) -> PyResult<Option<Vec<Reply<'_>>>> 
 }
 
 /// The `count` replies a pipeline gets, decoded from `buffer` (bytes, or a bytearray that grows as
-/// more arrives); None while it does not hold them all yet. Error replies become
-/// `error_type(message)` values in place; bytes beyond the last reply, or anything that is not
-/// RESP2, raise ConnectionError.
+/// more arrives); None while it does not hold them all yet. Error replies become RedisError values
+/// in place, but a redirect (`MOVED`, `ASK`) raises RedisRedirect; bytes beyond the last reply, or
+/// anything that is not RESP2, raise ConnectionError.
 #[pyfunction]
 pub fn decode_replies<'py>(
     py: Python<'py>,
     buffer: &Bound<'py, PyAny>,
     count: usize,
-    error_type: &Bound<'py, PyAny>,
 ) -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
     let owned;
     let data: &[u8] = if let Ok(bytes) = buffer.cast::<PyBytes>() {
@@ -445,9 +512,47 @@ pub fn decode_replies<'py>(
     let Some(replies) = parse_replies(data, count)? else {
         return Ok(None);
     };
-    replies
-        .iter()
-        .map(|reply| to_python(py, reply, error_type))
-        .collect::<PyResult<Vec<_>>>()
-        .map(Some)
+    replies_to_python(py, &replies).map(Some)
+}
+
+/// Writes `request` to the connected socket `fd` and reads until the `count` replies are in.
+/// The socket is blocking with the kernel's timeouts (SO_SNDTIMEO, SO_RCVTIMEO), so a Redis that
+/// stops answering ends the wait with TimeoutError.
+fn exchange(fd: RawFd, request: &[u8], count: usize) -> PyResult<Vec<u8>> {
+    // SAFETY: the caller keeps `fd` open for the call; ManuallyDrop never closes it.
+    let mut socket = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let timed_out = |error: std::io::Error| match error.kind() {
+        ErrorKind::WouldBlock => PyTimeoutError::new_err("redis did not answer in time"),
+        _ => PyErr::from(error),
+    };
+    socket.write_all(request).map_err(timed_out)?;
+    let mut received = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 1 << 16];
+    loop {
+        let size = match socket.read(&mut chunk) {
+            Ok(0) => return Err(PyConnectionError::new_err("redis closed the connection")),
+            Ok(size) => size,
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => return Err(timed_out(error)),
+        };
+        received.extend_from_slice(&chunk[..size]);
+        if parse_replies(&received, count)?.is_some() {
+            return Ok(received);
+        }
+    }
+}
+
+/// A pipeline's round trip on a plain TCP connection in one call: `request` written to the socket
+/// `fd`, its `count` replies read and decoded as `decode_replies` does, the GIL released while it
+/// waits. OSError (TimeoutError when the kernel's timeout ran out) when the connection fails.
+#[pyfunction]
+pub fn roundtrip<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+    request: &[u8],
+    count: usize,
+) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    let received = py.detach(|| exchange(fd, request, count))?;
+    let replies = parse_replies(&received, count)?.expect("exchange read every reply");
+    replies_to_python(py, &replies)
 }

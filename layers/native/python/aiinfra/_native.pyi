@@ -1,6 +1,6 @@
 """Typed face of the compiled extension `aiinfra._native`."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 __version__: str
@@ -75,11 +75,19 @@ class EnvelopeCodec:
 def encode_commands(commands: Sequence[Sequence[bytes | str | int]]) -> bytes:
     """The RESP2 request bytes of a pipeline of Redis commands."""
 
-def decode_replies(
-    buffer: bytes | bytearray, count: int, error_type: Callable[[str], Exception]
-) -> list[Any] | None:
+class RedisError(Exception):
+    """Redis answered a command with an error reply."""
+
+class RedisRedirect(RedisError):
+    """A Redis Cluster node answered MOVED or ASK: it executed nothing of the pipeline."""
+
+def decode_replies(buffer: bytes | bytearray, count: int) -> list[Any] | None:
     """The `count` RESP2 replies of a pipeline in `buffer`, or None while it holds only part of them;
-    error replies become `error_type(message)` values in place."""
+    error replies become RedisError values in place, but a redirect (MOVED, ASK) raises RedisRedirect."""
+
+def roundtrip(fd: int, request: bytes, count: int) -> list[Any]:
+    """A pipeline's round trip on the connected plain TCP socket `fd`: `request` written, its `count`
+    replies read and decoded as by `decode_replies`, the GIL released while it waits."""
 
 def key_slot(key: bytes) -> int:
     """The Redis Cluster slot of a key (CRC16 of its hash tag, mod 16384)."""

@@ -172,7 +172,7 @@ def _condition(if_match: str | None, if_none_match: str | None) -> data.Conditio
             raise InvalidRequest('If-None-Match accepts only "*"', param="If-None-Match")
         return data.Condition("absent")
     if if_match is None:
-        return data.Condition()
+        return data.UNCONDITIONAL
     if if_match.strip() == "*":
         return data.Condition("exists")
     found = _ETAG.match(if_match.strip())

@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import socket
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from aiinfra._native import decode_replies, encode_commands, key_slot
+from aiinfra._native import RedisError, RedisRedirect, decode_replies, encode_commands, key_slot, roundtrip
 
 Arg = bytes | str | int
 RECEIVE_BYTES = 1 << 16
-
-
-class RedisError(Exception):
-    """Redis answered a command with an error reply."""
 
 
 class RedisUnavailable(Exception):
@@ -60,6 +57,11 @@ class RedisAddress:
 
 
 class _Connection:
+    """One connection to one node. `roundtrip(request, count)` sends a pipeline and answers its
+    `count` replies (see `decode_replies`); OSError when the connection fails."""
+
+    roundtrip: Callable[[bytes, int], list[Any]]
+
     def __init__(self, address: RedisAddress, timeout: float) -> None:
         sock = socket.create_connection((address.host, address.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -67,15 +69,17 @@ class _Connection:
             import ssl
 
             sock = ssl.create_default_context().wrap_socket(sock, server_hostname=address.host)
+            self.roundtrip = self._tls_roundtrip
         else:
-            # The kernel keeps the timeout (SO_RCVTIMEO / SO_SNDTIMEO on a blocking socket): with
-            # Python's own, every send and recv first waits in poll(), two more system calls per
-            # round trip (~1.5 us of ~55 on loopback). Not over TLS: there Python retries a read
-            # that timed out this way, forever.
+            # Plain TCP: the whole round trip is one native call on the socket's descriptor (write,
+            # wait with the GIL released, read, decode). The kernel keeps the timeout (SO_RCVTIMEO /
+            # SO_SNDTIMEO on a blocking socket); Python's own would poll() before every send and
+            # recv. Not over TLS: there Python retries a read that timed out this way, forever.
             sock.settimeout(None)
             limit = struct.pack("ll", *divmod(round(timeout * 1e6), 1_000_000))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+            self.roundtrip = functools.partial(roundtrip, sock.fileno())
         self._sock = sock
         setup: list[list[Arg]] = []
         if address.password is not None:
@@ -88,16 +92,13 @@ class _Connection:
                 self.close()
                 raise RedisUnavailable(f"redis refused the connection set-up: {reply}")
 
-    def roundtrip(self, request: bytes, count: int) -> list[Any]:
-        try:
-            self._sock.sendall(request)
-            received: bytes | bytearray = self._receive()
-            while (replies := decode_replies(received, count, RedisError)) is None:
-                if isinstance(received, bytes):
-                    received = bytearray(received)  # a long reply: grow one buffer, never re-copy it whole
-                received += self._receive()
-        except BlockingIOError:  # SO_RCVTIMEO or SO_SNDTIMEO ran out
-            raise TimeoutError("redis did not answer in time") from None
+    def _tls_roundtrip(self, request: bytes, count: int) -> list[Any]:
+        self._sock.sendall(request)
+        received: bytes | bytearray = self._receive()
+        while (replies := decode_replies(received, count)) is None:
+            if isinstance(received, bytes):
+                received = bytearray(received)  # a long reply: grow one buffer, never re-copy it whole
+            received += self._receive()
         return replies
 
     def _receive(self) -> bytes:
@@ -144,6 +145,7 @@ class RedisClient:
     def __init__(self, url: str, timeout: float) -> None:
         self.address = RedisAddress.from_url(url)
         self.timeout = timeout
+        self._home: Node = (self.address.host, self.address.port)
         self._idle: dict[Node, list[_Connection]] = {}
         self._slots: dict[int, Node] = {}
         self._lock = threading.Lock()
@@ -156,28 +158,28 @@ class RedisClient:
         In a cluster, `MOVED` teaches the slot map and the request goes to the new owner. While a
         slot migrates, `ASK` sends it once to the importing node, after ASKING. There Redis refuses
         (TRYAGAIN) a request whose keys are not all in, so an agent's entries are never split."""
-        node = (self.address.host, self.address.port)
+        node = self._home
         if key is not None and self._slots:  # the slot map is empty until a cluster redirects us
             node = self._slots.get(key_slot(key if isinstance(key, bytes) else str(key).encode()), node)
-        asking = False
-        for _ in range(MAX_REDIRECTS + 1):
-            if asking:
-                replies = self._roundtrip(node, _ASKING + request, count + 1)[1:]
-            else:
-                replies = self._roundtrip(node, request, count)
-            # A redirect means that node executed nothing of ours (a MULTI it answers with EXECABORT).
-            for reply in replies:
-                if isinstance(reply, RedisError) and str(reply).startswith(("MOVED ", "ASK ")):
-                    break
-            else:
-                return replies
-            kind, slot, target = str(reply).split(" ")
+        try:
+            return self._roundtrip(node, request, count)
+        except RedisRedirect as redirect:
+            return self._redirected(redirect, request, count)
+
+    def _redirected(self, redirect: RedisRedirect, request: bytes, count: int) -> list[Any]:
+        # A redirect means that node executed nothing of ours (a MULTI it answers with EXECABORT).
+        for _ in range(MAX_REDIRECTS):
+            kind, slot, target = str(redirect).split(" ")
             host, _, port = target.rpartition(":")
             node = (host or self.address.host, int(port))
-            asking = kind == "ASK"
-            if not asking:
+            try:
+                if kind == "ASK":
+                    return self._roundtrip(node, _ASKING + request, count + 1)[1:]
                 with self._lock:
                     self._slots[int(slot)] = node
+                return self._roundtrip(node, request, count)
+            except RedisRedirect as again:
+                redirect = again
         raise RedisUnavailable(f"redis cluster redirected a command more than {MAX_REDIRECTS} times")
 
     def _roundtrip(self, node: Node, request: bytes, count: int) -> list[Any]:
@@ -192,7 +194,11 @@ class RedisClient:
                 connection = _Connection(
                     dataclasses.replace(self.address, host=node[0], port=node[1]), self.timeout
                 )
-            replies = connection.roundtrip(request, count)
+            try:
+                replies = connection.roundtrip(request, count)
+            except RedisRedirect:
+                idle.append(connection)  # every reply arrived: the connection stays good
+                raise
         except (OSError, ValueError) as error:
             if connection is not None:
                 connection.close()
@@ -228,3 +234,6 @@ class RedisClient:
         for idle in pools.values():
             for connection in idle:
                 connection.close()
+
+
+__all__ = ["Arg", "RedisAddress", "RedisClient", "RedisError", "RedisRedirect", "RedisUnavailable", "Script"]

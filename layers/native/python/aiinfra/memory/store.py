@@ -70,6 +70,9 @@ class Condition:
     version: int = 0
 
 
+UNCONDITIONAL = Condition()
+
+
 class Memory(NamedTuple):
     """One memory as stored; a tuple because batches build hundreds of them per request."""
 
@@ -149,19 +152,9 @@ return swapped
 )
 
 
+# A put without precondition is a batch put of one whose `SET .. GET` answers the value it
+# replaced: MULTI, SET, ZADD, PEXPIRE and EXEC's replies.
 PUT_REPLIES = 5
-
-
-def seal_put(
-    codec: Codec, prefix: bytes, index: bytes, key: str, expires_at_ms: int, value_json: bytes
-) -> tuple[bytes, int]:
-    """The MULTI/EXEC of a put without precondition of `key` (stored under `prefix`, listed in the
-    agent's `index`): a batch put of one whose `SET .. GET` answers the value it replaced, in
-    `PUT_REPLIES` replies; and the new version. One native call seals the value into its bytes."""
-    request, [version] = codec.seal_batch_put(
-        prefix, index, INDEX_TTL_MS, [key], [expires_at_ms], [value_json], True
-    )
-    return request, version
 
 
 def _now_ms() -> int:
@@ -196,30 +189,33 @@ class MemoryStore:
             self._codec = None
             self._loaded_at = time.monotonic()
 
-    def _opened(self, open_with: Callable[[Codec], _Opened]) -> _Opened:
-        """`open_with(codec)`; after an IntegrityError, once more with the keyring reloaded."""
-        try:
-            return open_with(self.codec)
-        except IntegrityError:
-            # Another instance may seal with a key rotated in after our keyring loaded: reload once,
-            # at most every few seconds so forged values cannot make us hammer KMS.
-            if time.monotonic() - self._loaded_at < self.keyring_reload_seconds:
-                raise
-            self.reload_keyring()
-            return open_with(self.codec)
+    def _reopened(self, failure: IntegrityError, open_with: Callable[[Codec], _Opened]) -> _Opened:
+        """After `failure` to open a value, `open_with(codec)` once more with the keyring reloaded:
+        another instance may seal with a key rotated in after our keyring loaded. At most every few
+        seconds, so forged values cannot make us hammer KMS; else `failure` stands."""
+        if time.monotonic() - self._loaded_at < self.keyring_reload_seconds:
+            raise failure
+        self.reload_keyring()
+        return open_with(self.codec)
 
     def _open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]
     ) -> list[tuple[int, int, bytes] | None]:
-        return self._opened(lambda codec: codec.open_many(redis_keys, blobs))
+        try:
+            return self.codec.open_many(redis_keys, blobs)
+        except IntegrityError as failure:
+            return self._reopened(failure, lambda codec: codec.open_many(redis_keys, blobs))
 
     def put(
-        self, agent_id: str, key: str, value_json: bytes, ttl: int, condition: Condition
+        self, agent_id: str, key: str, value_json: bytes, ttl: int, condition: Condition = UNCONDITIONAL
     ) -> tuple[Memory, bool]:
         """Writes one memory; answers it and whether it was created (vs. replaced)."""
         index, expires = index_key(agent_id), _now_ms() + ttl * 1000
         if condition.mode == "any":
-            request, version = seal_put(self.codec, memory_prefix(agent_id), index, key, expires, value_json)
+            # One native call seals the value into the whole MULTI/EXEC (see PUT_REPLIES).
+            request, [version] = self.codec.seal_batch_put(
+                memory_prefix(agent_id), index, INDEX_TTL_MS, [key], [expires], [value_json], True
+            )
             replaced, _, _ = self._executed(self.redis.send(request, PUT_REPLIES, index))
             return Memory(key, version, expires), replaced is None
         redis_key = memory_key(agent_id, key)
@@ -241,9 +237,13 @@ class MemoryStore:
         blob = self._call("GET", redis_key)
         if blob is None:
             raise MemoryNotFound(key)
-        return Memory(key, *self._opened(lambda codec: codec.open(redis_key, blob)))
+        try:
+            opened = self.codec.open(redis_key, blob)
+        except IntegrityError as failure:
+            opened = self._reopened(failure, lambda codec: codec.open(redis_key, blob))
+        return Memory(key, *opened)
 
-    def delete(self, agent_id: str, key: str, condition: Condition) -> None:
+    def delete(self, agent_id: str, key: str, condition: Condition = UNCONDITIONAL) -> None:
         args: list[Arg] = [condition.mode, version_bytes(condition.version), key]
         outcome = self._run(_DELETE, [memory_key(agent_id, key), index_key(agent_id)], args)
         if outcome == -1:
@@ -312,8 +312,13 @@ class MemoryStore:
         """The replies of a MULTI/EXEC's commands. RedisUnavailable when Redis refused the transaction
         (EXECABORT, TRYAGAIN: then nothing ran) or one of its commands."""
         executed = replies[-1]
-        if not isinstance(executed, list) or any(isinstance(reply, RedisError) for reply in executed):
+        if not isinstance(executed, list):
             raise RedisUnavailable(f"redis refused a transaction: {str(executed).split(' ')[0]}")
+        for reply in executed:
+            if isinstance(reply, RedisError):
+                raise RedisUnavailable(
+                    f"redis refused a command of a transaction: {str(reply).split(' ')[0]}"
+                )
         return executed
 
     def _call(self, *args: Arg) -> Any:
@@ -339,6 +344,7 @@ def memory_store(settings: MemorySettings) -> MemoryStore:
 
 
 __all__ = [
+    "UNCONDITIONAL",
     "Condition",
     "IntegrityError",
     "Memory",
