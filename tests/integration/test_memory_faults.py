@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -117,6 +118,35 @@ def test_a_hung_redis_is_503_after_the_timeout(
     assert response.status_code == 503 and time.monotonic() - started < 2
     server.resume()
     assert client.get(url).json()["value"] == 1
+
+
+def test_a_signal_interrupts_the_wait_for_a_hung_redis_at_once(
+    redis_factory: Callable[[], RedisServer], keyring_uri: str, agent: str
+) -> None:
+    # Ctrl-C, or any signal whose handler raises, must not wait out the Redis timeout.
+    server = redis_factory()
+    store = memory_store(memory_settings_for(server.url, keyring_uri, timeout=5.0))
+    store.put(agent, "k", b"1", 60)
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    server.pause()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        started = time.monotonic()
+        with pytest.raises(Interrupted):
+            store.get(agent, "k")
+        assert time.monotonic() - started < 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        server.resume()
+    assert store.get(agent, "k").value_json == b"1"  # the interrupted connection was dropped, not reused
 
 
 def test_redis_url_with_acl_user_and_password(

@@ -519,7 +519,8 @@ pub fn decode_replies<'py>(
 
 /// Writes `request` to the connected socket `fd` and reads until the `count` replies are in.
 /// The socket is blocking with the kernel's timeouts (SO_SNDTIMEO, SO_RCVTIMEO), so a Redis that
-/// stops answering ends the wait with TimeoutError.
+/// stops answering ends the wait with TimeoutError. A signal that interrupts the wait runs its
+/// Python handler at once, as Python's own socket calls do: Ctrl-C does not wait for the timeout.
 fn exchange(fd: RawFd, request: &[u8], count: usize) -> PyResult<Vec<u8>> {
     // SAFETY: the caller keeps `fd` open for the call; ManuallyDrop never closes it.
     let mut socket = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
@@ -527,14 +528,27 @@ fn exchange(fd: RawFd, request: &[u8], count: usize) -> PyResult<Vec<u8>> {
         ErrorKind::WouldBlock => PyTimeoutError::new_err("redis did not answer in time"),
         _ => PyErr::from(error),
     };
-    socket.write_all(request).map_err(timed_out)?;
+    let closed = || PyConnectionError::new_err("redis closed the connection");
+    let signalled = || Python::attach(|py| py.check_signals());
+    let mut written = 0;
+    while written < request.len() {
+        match socket.write(&request[written..]) {
+            Ok(0) => return Err(closed()),
+            Ok(size) => written += size,
+            Err(error) if error.kind() == ErrorKind::Interrupted => signalled()?,
+            Err(error) => return Err(timed_out(error)),
+        }
+    }
     let mut received = Vec::with_capacity(4096);
     let mut chunk = [0u8; 1 << 16];
     loop {
         let size = match socket.read(&mut chunk) {
-            Ok(0) => return Err(PyConnectionError::new_err("redis closed the connection")),
+            Ok(0) => return Err(closed()),
             Ok(size) => size,
-            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) if error.kind() == ErrorKind::Interrupted => {
+                signalled()?;
+                continue;
+            }
             Err(error) => return Err(timed_out(error)),
         };
         received.extend_from_slice(&chunk[..size]);
