@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import schemathesis
 from schemathesis.checks import positive_data_acceptance
@@ -32,3 +35,20 @@ def test_the_precondition_headers_are_documented(memory_schema: schemathesis.Bas
     assert headers("put") == {"If-Match": r'^(\*|[0-9a-f]{16}|"[0-9a-f]{16}")$', "If-None-Match": r"^\*$"}
     assert headers("delete") == {"If-Match": r'^(\*|[0-9a-f]{16}|"[0-9a-f]{16}")$'}
     assert "If-Match" not in headers("get")
+
+
+def test_every_answer_is_described_by_a_schema_the_document_holds(
+    memory_schema: schemathesis.BaseSchema,
+) -> None:
+    # The response bodies are documented by reference, their schemas added when the document is
+    # first served (not built at init): each reference must resolve, to the body the routes write.
+    document = memory_schema.raw_schema
+    schemas = document["components"]["schemas"]
+    assert set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(document))) <= schemas.keys()
+    put = document["paths"]["/agents/{agent_id}/memories/{key}"]["put"]["responses"]
+    assert sorted(put) == ["200", "201", "400", "401", "403", "404", "412", "413", "500", "503"]
+    assert put["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
+    assert put["503"]["description"] == "Service Unavailable"
+    assert schemas["ErrorBody"]["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    assert schemas["ErrorDetail"]["required"] == ["type", "message"]
+    assert schemas["WrittenOne"]["required"] == ["key", "version", "expires_at", "agent_id"]

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from aiinfra import snapstart
 from aiinfra.api.app import create_app, json_response
 from aiinfra.api.errors import NotFound, Unavailable, error_responses
+from aiinfra.api.openapi import ResponseBody, documented
 from aiinfra.config import EMBED_MODEL_IDS, embed_settings
 from aiinfra.embedding.catalog import ModelCatalog, ModelFetchFailed, ModelNotDeployed
 from aiinfra.observability import MetricUnit, metrics
@@ -69,18 +70,18 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
-class Embedding(BaseModel):
+class Embedding(ResponseBody):
     object: Literal["embedding"]
     index: int
     embedding: list[float] | str
 
 
-class Usage(BaseModel):
+class Usage(ResponseBody):
     prompt_tokens: int
     total_tokens: int
 
 
-class EmbeddingResponse(BaseModel):
+class EmbeddingResponse(ResponseBody):
     object: Literal["list"]
     data: list[Embedding]
     model: str
@@ -132,7 +133,7 @@ def router(catalog: ModelCatalog | None = None) -> APIRouter:
     @routes.post(
         "/v1/embeddings",
         response_class=Response,
-        responses={200: {"model": EmbeddingResponse}, **error_responses(NotFound, Unavailable)},
+        responses={200: documented(EmbeddingResponse), **error_responses(NotFound, Unavailable)},
     )
     def create_embeddings(request: EmbeddingRequest) -> Response:
         started = time.perf_counter()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from aiinfra.api.openapi import ResponseBody, documented
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(ResponseBody):
     type: str
     message: str
     param: str | None = None
 
 
-class ErrorBody(BaseModel):
+class ErrorBody(ResponseBody):
     error: ErrorDetail
 
 
@@ -97,4 +97,4 @@ class Unavailable(ApiError):
 def error_responses(*errors: type[ApiError]) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for the errors a route can answer with."""
     statuses = {400, 413, *(error.status for error in errors)}
-    return {status: {"model": ErrorBody} for status in sorted(statuses)}
+    return {status: documented(ErrorBody) for status in sorted(statuses)}

@@ -32,6 +32,7 @@ from aiinfra.api.errors import (
     Unavailable,
     error_responses,
 )
+from aiinfra.api.openapi import ResponseBody, documented
 from aiinfra.config import (
     MEMORY_MAX_TTL_SECONDS,
     AuthSettings,
@@ -103,7 +104,7 @@ class BatchGet(BaseModel):
     keys: list[Name] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-class Written(BaseModel):
+class Written(ResponseBody):
     key: str
     version: str
     expires_at: str
@@ -121,16 +122,16 @@ class MemoryOne(MemoryOut):
     agent_id: str
 
 
-class KeyPage(BaseModel):
+class KeyPage(ResponseBody):
     keys: list[str]
     cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
 
 
-class BatchWritten(BaseModel):
+class BatchWritten(ResponseBody):
     items: list[Written]
 
 
-class BatchRead(BaseModel):
+class BatchRead(ResponseBody):
     items: list[MemoryOut]
     missing: list[str]
 
@@ -263,7 +264,7 @@ def router(
     @routes.put(
         "/agents/{agent_id}/memories/{key}",
         response_class=Response,
-        responses={200: {"model": WrittenOne}, 201: {"model": WrittenOne}, **one},
+        responses={200: documented(WrittenOne), 201: documented(WrittenOne), **one},
         openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH]},
     )
     async def put_memory(request: Request, agent_id: AgentId, key: Key, body: PutMemory) -> Response:
@@ -278,7 +279,7 @@ def router(
     @routes.get(
         "/agents/{agent_id}/memories/{key}",
         response_class=Response,
-        responses={200: {"model": MemoryOne}, **one},
+        responses={200: documented(MemoryOne), **one},
     )
     async def get_memory(request: Request, agent_id: AgentId, key: Key) -> Response:
         allow(request, agent_id)
@@ -301,7 +302,7 @@ def router(
         return Response(status_code=204)
 
     @routes.get(
-        "/agents/{agent_id}/memories", response_class=Response, responses={200: {"model": KeyPage}, **one}
+        "/agents/{agent_id}/memories", response_class=Response, responses={200: documented(KeyPage), **one}
     )
     async def list_memories(
         request: Request,
@@ -318,7 +319,7 @@ def router(
     @routes.post(
         "/agents/{agent_id}/batch-put",
         response_class=Response,
-        responses={200: {"model": BatchWritten}, **one},
+        responses={200: documented(BatchWritten), **one},
     )
     async def batch_put(request: Request, agent_id: AgentId, body: BatchPut) -> Response:
         allow(request, agent_id)
@@ -336,7 +337,7 @@ def router(
         return json_response({"items": [_written(memory) for memory in memories]})
 
     @routes.post(
-        "/agents/{agent_id}/batch-get", response_class=Response, responses={200: {"model": BatchRead}, **one}
+        "/agents/{agent_id}/batch-get", response_class=Response, responses={200: documented(BatchRead), **one}
     )
     async def batch_get(request: Request, agent_id: AgentId, body: BatchGet) -> Response:
         allow(request, agent_id)

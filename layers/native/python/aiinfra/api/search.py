@@ -19,6 +19,7 @@ from starlette.responses import Response
 from aiinfra import snapstart
 from aiinfra.api.app import create_app, json_response
 from aiinfra.api.errors import Conflict, InvalidRequest, NotFound, Unavailable, error_responses
+from aiinfra.api.openapi import documented
 from aiinfra.config import ConfigError, embed_settings, search_settings
 from aiinfra.embedding.catalog import ModelCatalog, ModelFetchFailed
 from aiinfra.observability import MetricUnit, metrics
@@ -215,7 +216,7 @@ def router(
         "/indexes/{name}",
         response_model=IndexInfo,
         status_code=201,
-        responses={200: {"model": IndexInfo}, **error_responses(Conflict, Unavailable)},
+        responses={200: documented(IndexInfo), **error_responses(Conflict, Unavailable)},
     )
     def create_index(name: IndexName, request: CreateIndex) -> Response:
         _, created = writer.create(name, request.dimension, request.metric, request.factory)
