@@ -29,8 +29,9 @@ _documented: dict[str, type[BaseModel]] = {}
 
 
 def documented(model: type[BaseModel]) -> dict[str, Any]:
-    """A `responses=` entry whose JSON body is `model`, referred to by name."""
-    _documented[model.__name__] = model
+    """A `responses=` entry whose JSON body is `model`, referred to by name (unique among them)."""
+    if _documented.setdefault(model.__name__, model) is not model:
+        raise ValueError(f"another documented model is named {model.__name__}")
     return {"content": {"application/json": {"schema": {"$ref": SCHEMAS + model.__name__}}}}
 
 
