@@ -175,15 +175,13 @@ def ceiling_contender(port: int, codec: EnvelopeCodec, agent: str) -> dict[str, 
     not decoded; the replies of a put's or a batch's MULTI/EXEC are read until they are all in."""
     connection = socket.create_connection(("127.0.0.1", port))
     connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    prefix, index, value, expires = memory_prefix(agent), index_key(agent), orjson.dumps(VALUE), 2**42
+    prefix, index, value = memory_prefix(agent), index_key(agent), orjson.dumps(VALUE)
+    now = time.time_ns() // 10**6
     names = [prefix + key.encode() for key in KEYS]
-    puts = [
-        codec.seal_batch_put(prefix, index, INDEX_TTL_MS, [key], [expires], [value], True)[0] for key in KEYS
-    ]
+    puts = [codec.seal_batch_put(prefix, index, INDEX_TTL_MS, now, [(k, value, 3600)], True)[0] for k in KEYS]
     gets = [encode_commands([["GET", name]]) for name in names]
-    batch_values = [value] * BATCH
     batch_put, _ = codec.seal_batch_put(
-        prefix, index, INDEX_TTL_MS, KEYS[:BATCH], [expires] * BATCH, batch_values
+        prefix, index, INDEX_TTL_MS, now, [(key, value, 3600) for key in KEYS[:BATCH]]
     )
     batch_get = encode_commands([["MGET", *names[:BATCH]]])
 

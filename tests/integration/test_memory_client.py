@@ -7,7 +7,7 @@ import os
 import redis
 from aiinfra._native import encode_commands
 from aiinfra.memory.resp import RedisClient
-from aiinfra.memory.store import _LIST, _PUT, Condition, MemoryStore
+from aiinfra.memory.store import _LIST, _PUT, Condition, Memory, MemoryStore
 
 from tests.support.redis_server import RedisServer
 
@@ -45,6 +45,7 @@ def test_a_redis_that_lost_its_scripts_is_given_them_again(
     first, _ = store.put(agent, "plan", b'{"step": 1}', 60, Condition())
     raw_redis.script_flush()  # what a restart or a failover to a fresh replica leaves
     memory, created = store.put(agent, "plan", b'{"step": 2}', 60, Condition("match", first.version))
-    assert not created and store.get(agent, "plan") == memory._replace(value_json=b'{"step": 2}')
+    assert not created
+    assert store.get(agent, "plan") == Memory("plan", memory.version, memory.expires_at_ms, b'{"step": 2}')
     assert store.list_keys(agent, "", 10, "") == (["plan"], None)
     assert raw_redis.script_exists(*(script.sha for script in (_PUT, _LIST))) == [True, True]

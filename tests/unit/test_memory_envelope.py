@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from aiinfra._native import EnvelopeCodec, decode_replies
+from aiinfra._native import EnvelopeCodec, Memory, decode_replies
 from aiinfra.memory.envelope import NONCE_LEN, IntegrityError, ReferenceCodec, key_id_of
 
 from tests.conftest import REPO_ROOT
@@ -112,17 +112,17 @@ def test_codec_refuses_bad_keys() -> None:
 
 
 def _batch_put_request(codec: Any, count: int, answer_replaced: bool = False) -> tuple[list[Any], list[int]]:
-    """The commands of a batch-put request of `count` memories, decoded (a request is RESP arrays
-    too), and the versions the codec gave them."""
-    keys = [f"k{i}" for i in range(count)]
-    expiries = [2000 + i for i in range(count)]
-    values = [b'{"n": %d}' % i for i in range(count)]
-    request, versions = codec.seal_batch_put(
-        b"mem:{a}:", b"idx:{a}", 86_400_000, keys, expiries, values, answer_replaced
-    )
+    """The commands of a batch-put request of `count` memories (memory i living i seconds after
+    2000 ms), decoded (a request is RESP arrays too), and the versions the codec gave them."""
+    items = [(f"k{i}", b'{"n": %d}' % i, i) for i in range(count)]
+    prefix, index = b"mem:{a}:", b"idx:{a}"
+    request, memories = codec.seal_batch_put(prefix, index, 86_400_000, 2000, items, answer_replaced)
+    assert [(m.key, m.expires_at_ms, m.value_json) for m in memories] == [
+        (f"k{i}", 2000 + 1000 * i, b"") for i in range(count)
+    ]
     commands = decode_replies(request, count + 4)
     assert commands is not None
-    return commands, versions
+    return commands, [memory.version for memory in memories]
 
 
 @pytest.mark.parametrize(("sealer", "opener"), [(a, b) for a in CODECS for b in CODECS])
@@ -133,9 +133,9 @@ def test_a_batch_put_request_carries_sealed_values_the_other_codec_opens(sealer:
     assert commands[-2] == [b"PEXPIRE", b"idx:{a}", b"86400000"]
     assert len(set(versions)) == 20 and 0 not in versions
     for i, command in enumerate(commands[1:-3]):
-        key = b"mem:{a}:k%d" % i
-        assert command[0] == b"SET" and command[1] == key and command[3:] == [b"PXAT", b"%d" % (2000 + i)]
-        assert _codec(opener).open(key, command[2]) == (versions[i], 2000 + i, b'{"n": %d}' % i)
+        key, expires = b"mem:{a}:k%d" % i, 2000 + 1000 * i
+        assert command[0] == b"SET" and command[1] == key and command[3:] == [b"PXAT", b"%d" % expires]
+        assert _codec(opener).open(key, command[2]) == (versions[i], expires, b'{"n": %d}' % i)
     # Every value gets a nonce of its own: no two sealed copies of one plaintext are alike.
     again, _ = _batch_put_request(_codec(sealer), 20)
     assert all(a[2] != b[2] for a, b in zip(commands[1:-3], again[1:-3], strict=True))
@@ -166,3 +166,18 @@ def test_both_codecs_write_the_same_batch_put_request_but_for_the_sealed_values(
     tail = [b"PXAT", b"2000", b"GET"] if answer_replaced else [b"PXAT", b"2000"]
     assert without_values(native)[1][2:] == tail
     assert [len(c[2]) for c in native[1:-3]] == [len(c[2]) for c in reference[1:-3]]
+
+
+def test_a_memory_equals_only_a_memory_with_the_same_fields() -> None:
+    memory = Memory("plan", 7, 2000, b'{"step": 1}')
+    assert memory == Memory("plan", 7, 2000, b'{"step": 1}')
+    for other in (
+        Memory("plan2", 7, 2000, b'{"step": 1}'),
+        Memory("plan", 8, 2000, b'{"step": 1}'),
+        Memory("plan", 7, 2001, b'{"step": 1}'),
+        Memory("plan", 7, 2000, b'{"step": 2}'),
+        ("plan", 7, 2000, b'{"step": 1}'),
+    ):
+        assert memory != other
+    assert Memory("plan", 7, 2000).value_json == b""
+    assert repr(memory) == "Memory(key='plan', version=7, expires_at_ms=2000, value_json=b'{\"step\": 1}')"

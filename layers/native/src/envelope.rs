@@ -298,29 +298,28 @@ impl EnvelopeCodec {
     }
 
     /// The RESP bytes of an atomic batch put (MULTI, a `SET .. PXAT` per memory, ending in `GET`
-    /// with `answer_replaced`, the index update, EXEC), and the memories' new versions.
+    /// with `answer_replaced`, the index update, EXEC) of `(key, value_json, ttl_seconds)` items,
+    /// and the memories as written (expiring `ttl` seconds after `now_ms`, each a new version).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (prefix, index_key, index_ttl_ms, keys, expiries, values, answer_replaced=false))]
+    #[pyo3(signature = (prefix, index_key, index_ttl_ms, now_ms, items, answer_replaced=false))]
     fn seal_batch_put<'py>(
         &self,
         py: Python<'py>,
         prefix: &[u8],
         index_key: &[u8],
         index_ttl_ms: u64,
-        keys: Vec<String>,
-        expiries: Vec<u64>,
-        values: Vec<Bound<'py, PyBytes>>,
+        now_ms: u64,
+        items: Vec<memory_batch::PutItem<'py>>,
         answer_replaced: bool,
-    ) -> PyResult<(Bound<'py, PyBytes>, Vec<u64>)> {
+    ) -> PyResult<(Bound<'py, PyBytes>, Vec<Bound<'py, memory_batch::Memory>>)> {
         memory_batch::seal_batch_put(
             py,
             self,
             prefix,
             index_key,
             index_ttl_ms,
-            keys,
-            expiries,
-            values,
+            now_ms,
+            items,
             answer_replaced,
         )
     }
@@ -338,12 +337,16 @@ impl EnvelopeCodec {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EnvelopeCodec>()?;
+    m.add_class::<memory_batch::Memory>()?;
     m.add_function(wrap_pyfunction!(memory_batch::encode_commands, m)?)?;
     m.add_function(wrap_pyfunction!(memory_batch::key_slot, m)?)?;
     m.add_function(wrap_pyfunction!(memory_batch::decode_replies, m)?)?;
     m.add_function(wrap_pyfunction!(memory_batch::roundtrip, m)?)?;
     m.add("RedisError", m.py().get_type::<memory_batch::RedisError>())?;
-    m.add("RedisRedirect", m.py().get_type::<memory_batch::RedisRedirect>())?;
+    m.add(
+        "RedisRedirect",
+        m.py().get_type::<memory_batch::RedisRedirect>(),
+    )?;
     m.add("IntegrityError", m.py().get_type::<IntegrityError>())?;
     Ok(())
 }

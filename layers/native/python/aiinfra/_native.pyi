@@ -38,6 +38,19 @@ class HnswSq8Walk:
     ) -> None: ...
     def search(self, queries: bytes, k: int, ef: int, refine: int, threads: int) -> tuple[bytes, bytes]: ...
 
+class Memory:
+    """One memory as stored: what a put answers (`value_json` empty) and what a get opens."""
+
+    def __init__(self, key: str, version: int, expires_at_ms: int, value_json: bytes = b"") -> None: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def expires_at_ms(self) -> int: ...
+    @property
+    def value_json(self) -> bytes: ...
+
 class IntegrityError(ValueError):
     """A stored memory failed authentication: tampered, truncated, moved, or sealed with an unknown key."""
 
@@ -63,11 +76,10 @@ class EnvelopeCodec:
         prefix: bytes,
         index_key: bytes,
         index_ttl_ms: int,
-        keys: list[str],
-        expiries: list[int],
-        values: list[bytes],
+        now_ms: int,
+        items: list[tuple[str, bytes, int]],
         answer_replaced: bool = False,
-    ) -> tuple[bytes, list[int]]: ...
+    ) -> tuple[bytes, list[Memory]]: ...
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]
     ) -> list[tuple[int, int, bytes] | None]: ...

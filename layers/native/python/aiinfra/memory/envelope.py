@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 
-from aiinfra._native import IntegrityError, encode_commands
+from aiinfra._native import IntegrityError, Memory, encode_commands
 from aiinfra.memory.resp import Arg
 
 __all__ = ["FORMAT", "IntegrityError", "ReferenceCodec", "key_id_of", "new_versions", "version_bytes"]
@@ -115,17 +115,20 @@ class ReferenceCodec:
         prefix: bytes,
         index_key: bytes,
         index_ttl_ms: int,
-        keys: list[str],
-        expiries: list[int],
-        values: list[bytes],
+        now_ms: int,
+        items: list[tuple[str, bytes, int]],
         answer_replaced: bool = False,
-    ) -> tuple[bytes, list[int]]:
-        """The RESP bytes of an atomic batch put: `MULTI`, `SET <prefix><key> <sealed> PXAT
-        <expires_at_ms>` per memory (ending in `GET` with `answer_replaced`: the SET then answers
-        the value it replaced), `ZADD <index_key> 0 <key> ...`, `PEXPIRE <index_key>
-        <index_ttl_ms>`, `EXEC`; and the memories' new versions."""
-        versions = new_versions(len(keys))
+    ) -> tuple[bytes, list[Memory]]:
+        """The RESP bytes of an atomic batch put of `(key, value_json, ttl_seconds)` items: `MULTI`,
+        `SET <prefix><key> <sealed> PXAT <expires_at_ms>` per memory (ending in `GET` with
+        `answer_replaced`: the SET then answers the value it replaced), `ZADD <index_key> 0 <key>
+        ...`, `PEXPIRE <index_key> <index_ttl_ms>`, `EXEC`; and the memories as written (expiring
+        `ttl` seconds after `now_ms`, each a new version)."""
+        keys = [key for key, _, _ in items]
+        expiries = [now_ms + ttl * 1000 for _, _, ttl in items]
+        versions = new_versions(len(items))
         redis_keys = [prefix + key.encode() for key in keys]
+        values = [value for _, value, _ in items]
         sealed = self.seal_many(list(zip(redis_keys, versions, expiries, values, strict=True)))
         answer: list[Arg] = ["GET"] if answer_replaced else []
         sets: list[list[Arg]] = [
@@ -136,7 +139,8 @@ class ReferenceCodec:
         for key in keys:
             index += ("0", key)
         request = encode_commands([["MULTI"], *sets, index, ["PEXPIRE", index_key, index_ttl_ms], ["EXEC"]])
-        return request, versions
+        memories = [Memory(*memory) for memory in zip(keys, versions, expiries, strict=True)]
+        return request, memories
 
     def open_many(
         self, redis_keys: list[bytes], blobs: list[bytes | None]
