@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyString};
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 
 use crate::memory_batch;
@@ -324,14 +324,16 @@ impl EnvelopeCodec {
         )
     }
 
-    /// `open` for many blobs (None = absent, answered as None), GIL released.
+    /// The memories stored under `<prefix><key>` for `keys`, opened from `blobs` (None = absent,
+    /// answered as None), GIL released.
     fn open_many<'py>(
         &self,
         py: Python<'py>,
-        redis_keys: Vec<Bound<'py, PyBytes>>,
+        prefix: &[u8],
+        keys: Vec<Bound<'py, PyString>>,
         blobs: Vec<Option<Bound<'py, PyBytes>>>,
-    ) -> PyResult<Vec<Option<memory_batch::OpenedTuple<'py>>>> {
-        memory_batch::open_many(py, self, redis_keys, blobs)
+    ) -> PyResult<Vec<Option<Bound<'py, memory_batch::Memory>>>> {
+        memory_batch::open_many(py, self, prefix, keys, blobs)
     }
 }
 

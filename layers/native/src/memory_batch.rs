@@ -257,47 +257,63 @@ fn batch_put_request(
     Ok((out, writes.iter().map(|(version, _)| *version).collect()))
 }
 
-pub type OpenedTuple<'py> = (u64, u64, Bound<'py, PyBytes>);
-
-/// Opens the blobs stored under `redis_keys` (None = absent, answered as None). Any blob that fails
-/// authentication fails the whole call with IntegrityError naming its key: no value of a batch that
-/// holds a forged one is returned.
+/// Opens the blobs stored under `<prefix><key>` for `keys` (None = absent, answered as None) into
+/// the memories they hold, the GIL released while they open. Any blob that fails authentication
+/// fails the whole call with IntegrityError naming its Redis key: no value of a batch that holds a
+/// forged one is returned.
 pub fn open_many<'py>(
     py: Python<'py>,
     codec: &EnvelopeCodec,
-    redis_keys: Vec<Bound<'py, PyBytes>>,
+    prefix: &[u8],
+    keys: Vec<Bound<'py, PyString>>,
     blobs: Vec<Option<Bound<'py, PyBytes>>>,
-) -> PyResult<Vec<Option<OpenedTuple<'py>>>> {
-    if redis_keys.len() != blobs.len() {
+) -> PyResult<Vec<Option<Bound<'py, Memory>>>> {
+    if keys.len() != blobs.len() {
         return Err(pyo3::exceptions::PyValueError::new_err(
-            "redis_keys and blobs differ in length",
+            "keys and blobs differ in length",
         ));
     }
-    let borrowed: Vec<(&[u8], Option<&[u8]>)> = redis_keys
+    let names = keys
         .iter()
-        .zip(&blobs)
-        .map(|(key, blob)| (key.as_bytes(), blob.as_ref().map(|b| b.as_bytes())))
+        .map(|key| key.to_str())
+        .collect::<PyResult<Vec<&str>>>()?;
+    let borrowed: Vec<Option<&[u8]>> = blobs
+        .iter()
+        .map(|blob| blob.as_ref().map(|b| b.as_bytes()))
         .collect();
     let opened = py.detach(|| {
-        borrowed
-            .iter()
-            .map(|(key, blob)| match blob {
-                None => Ok(None),
-                Some(blob) => codec
-                    .open(key, blob)
+        let mut redis_key = Vec::new();
+        (names.iter().zip(&borrowed))
+            .map(|(name, blob)| {
+                let Some(blob) = blob else { return Ok(None) };
+                redis_key.clear();
+                redis_key.extend_from_slice(prefix);
+                redis_key.extend_from_slice(name.as_bytes());
+                codec
+                    .open(&redis_key, blob)
                     .map(Some)
-                    .map_err(|error| (*key, error)),
+                    .map_err(|error| (redis_key.clone(), error))
             })
-            .collect::<Result<Vec<Option<Opened>>, (&[u8], EnvelopeError)>>()
+            .collect::<Result<Vec<Option<Opened>>, (Vec<u8>, EnvelopeError)>>()
     });
     match opened {
-        Ok(opened) => Ok(opened
-            .into_iter()
-            .map(|item| item.map(|o| (o.version, o.expires_at_ms, PyBytes::new(py, &o.plaintext))))
-            .collect()),
+        Ok(opened) => (keys.iter().zip(opened))
+            .map(|(key, item)| {
+                item.map(|o| {
+                    let memory = Memory {
+                        key: key.clone().unbind(),
+                        version: o.version,
+                        expires_at_ms: o.expires_at_ms,
+                        value_json: PyBytes::new(py, &o.plaintext).unbind(),
+                    };
+                    Bound::new(py, memory)
+                })
+                .transpose()
+            })
+            .collect(),
         Err((key, EnvelopeError::Integrity(reason))) => Err(IntegrityError::new_err(format!(
             "{}: {reason}",
-            String::from_utf8_lossy(key)
+            String::from_utf8_lossy(&key)
         ))),
         Err((_, error)) => Err(error.into()),
     }

@@ -80,9 +80,7 @@ class EnvelopeCodec:
         items: list[tuple[str, bytes, int]],
         answer_replaced: bool = False,
     ) -> tuple[bytes, list[Memory]]: ...
-    def open_many(
-        self, redis_keys: list[bytes], blobs: list[bytes | None]
-    ) -> list[tuple[int, int, bytes] | None]: ...
+    def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]: ...
 
 def encode_commands(commands: Sequence[Sequence[bytes | str | int]]) -> bytes:
     """The RESP2 request bytes of a pipeline of Redis commands."""

@@ -142,13 +142,14 @@ class ReferenceCodec:
         memories = [Memory(*memory) for memory in zip(keys, versions, expiries, strict=True)]
         return request, memories
 
-    def open_many(
-        self, redis_keys: list[bytes], blobs: list[bytes | None]
-    ) -> list[tuple[int, int, bytes] | None]:
-        opened: list[tuple[int, int, bytes] | None] = []
-        for redis_key, blob in zip(redis_keys, blobs, strict=True):
+    def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]:
+        """The memories stored under `<prefix><key>` for `keys`, opened from `blobs` (None = absent,
+        answered as None); IntegrityError naming the Redis key of any that fails to open."""
+        opened: list[Memory | None] = []
+        for key, blob in zip(keys, blobs, strict=True):
+            redis_key = prefix + key.encode()
             try:
-                opened.append(None if blob is None else self.open(redis_key, blob))
+                opened.append(None if blob is None else Memory(key, *self.open(redis_key, blob)))
             except IntegrityError as error:
                 raise IntegrityError(f"{redis_key.decode(errors='replace')}: {error}") from None
         return opened

@@ -45,9 +45,7 @@ class Codec(Protocol):
         items: list[tuple[str, bytes, int]],
         answer_replaced: bool = False,
     ) -> tuple[bytes, list[Memory]]: ...
-    def open_many(
-        self, redis_keys: list[bytes], blobs: list[bytes | None]
-    ) -> list[tuple[int, int, bytes] | None]: ...
+    def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]: ...
 
 
 _Opened = TypeVar("_Opened")
@@ -188,13 +186,11 @@ class MemoryStore:
         self.reload_keyring()
         return open_with(self.codec)
 
-    def _open_many(
-        self, redis_keys: list[bytes], blobs: list[bytes | None]
-    ) -> list[tuple[int, int, bytes] | None]:
+    def _open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]:
         try:
-            return self.codec.open_many(redis_keys, blobs)
+            return self.codec.open_many(prefix, keys, blobs)
         except IntegrityError as failure:
-            return self._reopened(failure, lambda codec: codec.open_many(redis_keys, blobs))
+            return self._reopened(failure, lambda codec: codec.open_many(prefix, keys, blobs))
 
     def put(
         self, agent_id: str, key: str, value_json: bytes, ttl: int, condition: Condition = UNCONDITIONAL
@@ -261,35 +257,41 @@ class MemoryStore:
         self._executed(self.redis.send(request, len(items) + 4, index))
         return memories
 
-    def batch_get(self, agent_id: str, keys: Sequence[str]) -> list[Memory | None]:
-        redis_keys = [memory_key(agent_id, key) for key in keys]
-        blobs = self._call("MGET", *redis_keys)
-        opened = self._open_many(redis_keys, blobs)
-        return [None if item is None else Memory(key, *item) for key, item in zip(keys, opened, strict=True)]
+    def batch_get(self, agent_id: str, keys: list[str]) -> list[Memory | None]:
+        prefix = memory_prefix(agent_id)
+        return self._open_many(prefix, keys, self._blobs(prefix, keys))
+
+    def _blobs(self, prefix: bytes, keys: list[str]) -> list[bytes | None]:
+        """What is stored under `<prefix><key>` for `keys` (None where nothing is), in one MGET."""
+        return self._call("MGET", *[prefix + key.encode() for key in keys]) if keys else []
 
     def rewrap(self, agent_id: str, page: int = 500) -> int:
         """Re-seals the agent's entries that an older key sealed with the current one; keeps
         versions and expiry. Answers how many entries moved to the current key."""
-        current = self.codec.current_key_id
+        current, prefix = self.codec.current_key_id, memory_prefix(agent_id)
         moved, cursor = 0, ""
         while True:
             keys, next_cursor = self.list_keys(agent_id, "", page, cursor)
-            redis_keys = [memory_key(agent_id, key) for key in keys]
-            blobs = self._call("MGET", *redis_keys) if keys else []
+            blobs = self._blobs(prefix, keys)
             stale = [
-                (redis_key, blob)
-                for redis_key, blob in zip(redis_keys, blobs, strict=True)
+                (key, blob)
+                for key, blob in zip(keys, blobs, strict=True)
                 if blob is not None and key_id_of(blob) != current
             ]
             if stale:
-                opened = self._open_many([k for k, _ in stale], [b for _, b in stale])
+                stale_keys = [prefix + key.encode() for key, _ in stale]
+                opened = self._open_many(prefix, [key for key, _ in stale], [blob for _, blob in stale])
                 resealed = self.codec.seal_many(
-                    [(k, *item) for (k, _), item in zip(stale, opened, strict=True) if item is not None]
+                    [
+                        (redis_key, memory.version, memory.expires_at_ms, memory.value_json)
+                        for redis_key, memory in zip(stale_keys, opened, strict=True)
+                        if memory is not None
+                    ]
                 )
                 args: list[Arg] = [
                     part for (_, old), new in zip(stale, resealed, strict=True) for part in (old, new)
                 ]
-                moved += self._run(_SWAP, [k for k, _ in stale], args)
+                moved += self._run(_SWAP, stale_keys, args)
             if next_cursor is None:
                 return moved
             cursor = next_cursor
