@@ -258,7 +258,7 @@ fn batch_put_request(
 }
 
 /// Opens the blobs stored under `<prefix><key>` for `keys` (None = absent, answered as None) into
-/// the memories they hold, the GIL released while they open. Any blob that fails authentication
+/// the memories they hold, the GIL released while many open. Any blob that fails authentication
 /// fails the whole call with IntegrityError naming its Redis key: no value of a batch that holds a
 /// forged one is returned.
 pub fn open_many<'py>(
@@ -281,7 +281,7 @@ pub fn open_many<'py>(
         .iter()
         .map(|blob| blob.as_ref().map(|b| b.as_bytes()))
         .collect();
-    let opened = py.detach(|| {
+    let open_all = || {
         let mut redis_key = Vec::new();
         (names.iter().zip(&borrowed))
             .map(|(name, blob)| {
@@ -295,7 +295,13 @@ pub fn open_many<'py>(
                     .map_err(|error| (redis_key.clone(), error))
             })
             .collect::<Result<Vec<Option<Opened>>, (Vec<u8>, EnvelopeError)>>()
-    });
+    };
+    // One value (a single get) opens with the GIL held: releasing it costs more than the opening.
+    let opened = if keys.len() == 1 {
+        open_all()
+    } else {
+        py.detach(open_all)
+    };
     match opened {
         Ok(opened) => (keys.iter().zip(opened))
             .map(|(key, item)| {

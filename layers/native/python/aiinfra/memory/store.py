@@ -219,15 +219,11 @@ class MemoryStore:
         return Memory(key, version, expires), outcome == 2
 
     def get(self, agent_id: str, key: str) -> Memory:
-        redis_key = memory_key(agent_id, key)
-        blob = self._call("GET", redis_key)
-        if blob is None:
+        prefix = memory_prefix(agent_id)
+        [memory] = self._open_many(prefix, [key], [self._call("GET", prefix + key.encode())])
+        if memory is None:
             raise MemoryNotFound(key)
-        try:
-            opened = self.codec.open(redis_key, blob)
-        except IntegrityError as failure:
-            opened = self._reopened(failure, lambda codec: codec.open(redis_key, blob))
-        return Memory(key, *opened)
+        return memory
 
     def delete(self, agent_id: str, key: str, condition: Condition = UNCONDITIONAL) -> None:
         args: list[Arg] = [condition.mode, version_bytes(condition.version), key]
