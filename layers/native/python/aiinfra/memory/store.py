@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from aiinfra._native import Memory
 from aiinfra.config import MemorySettings
@@ -31,7 +31,6 @@ class Codec(Protocol):
 
     @property
     def current_key_id(self) -> str: ...
-    def open(self, redis_key: bytes, blob: bytes) -> tuple[int, int, bytes]: ...
     def seal_many(self, items: list[tuple[bytes, int, int, bytes]]) -> list[bytes]: ...
     def seal_command(
         self, head: Sequence[Arg], redis_key: bytes, expires_at_ms: int, plaintext: bytes, tail: Sequence[Arg]
@@ -46,9 +45,6 @@ class Codec(Protocol):
         answer_replaced: bool = False,
     ) -> tuple[bytes, list[Memory]]: ...
     def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]: ...
-
-
-_Opened = TypeVar("_Opened")
 
 
 class PreconditionFailed(Exception):
@@ -177,20 +173,17 @@ class MemoryStore:
             self._codec = None
             self._loaded_at = time.monotonic()
 
-    def _reopened(self, failure: IntegrityError, open_with: Callable[[Codec], _Opened]) -> _Opened:
-        """After `failure` to open a value, `open_with(codec)` once more with the keyring reloaded:
-        another instance may seal with a key rotated in after our keyring loaded. At most every few
-        seconds, so forged values cannot make us hammer KMS; else `failure` stands."""
-        if time.monotonic() - self._loaded_at < self.keyring_reload_seconds:
-            raise failure
-        self.reload_keyring()
-        return open_with(self.codec)
-
     def _open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]:
+        """`codec.open_many`; after a failure to open, once more with the keyring reloaded: another
+        instance may seal with a key rotated in after our keyring loaded. At most every few
+        seconds, so forged values cannot make us hammer KMS; else the failure stands."""
         try:
             return self.codec.open_many(prefix, keys, blobs)
-        except IntegrityError as failure:
-            return self._reopened(failure, lambda codec: codec.open_many(prefix, keys, blobs))
+        except IntegrityError:
+            if time.monotonic() - self._loaded_at < self.keyring_reload_seconds:
+                raise
+            self.reload_keyring()
+            return self.codec.open_many(prefix, keys, blobs)
 
     def put(
         self, agent_id: str, key: str, value_json: bytes, ttl: int, condition: Condition = UNCONDITIONAL
