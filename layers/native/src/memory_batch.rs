@@ -7,6 +7,7 @@ use std::os::fd::{FromRawFd, RawFd};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyConnectionError, PyException, PyTimeoutError};
+use pyo3::marker::Ungil;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
@@ -80,6 +81,20 @@ pub fn seal_command<'py>(
         write_bulk(&mut out, arg)?;
     }
     Ok((PyBytes::new(py, &out), version))
+}
+
+/// `work` on `count` memories, with the GIL released when there are many. One (a single put or
+/// get) keeps it: releasing and taking it back costs more than sealing or opening one value.
+fn detached_for_many<T: Ungil>(
+    py: Python<'_>,
+    count: usize,
+    work: impl Ungil + FnOnce() -> T,
+) -> T {
+    if count == 1 {
+        work()
+    } else {
+        py.detach(work)
+    }
 }
 
 /// One memory as stored: what a put answers (`value_json` empty) and what a get opens. A native
@@ -182,12 +197,7 @@ pub fn seal_batch_put<'py>(
             answer_replaced,
         )
     };
-    // One memory (a single put) is sealed with the GIL held: releasing it costs more than the sealing.
-    let (request, versions) = if items.len() == 1 {
-        build()
-    } else {
-        py.detach(build)
-    }?;
+    let (request, versions) = detached_for_many(py, items.len(), build)?;
     let empty = PyBytes::new(py, b"").unbind();
     let memories = (items.iter().zip(versions).zip(expiries))
         .map(|(((key, _, _), version), expires_at_ms)| {
@@ -296,12 +306,7 @@ pub fn open_many<'py>(
             })
             .collect::<Result<Vec<Option<Opened>>, (Vec<u8>, EnvelopeError)>>()
     };
-    // One value (a single get) opens with the GIL held: releasing it costs more than the opening.
-    let opened = if keys.len() == 1 {
-        open_all()
-    } else {
-        py.detach(open_all)
-    };
+    let opened = detached_for_many(py, keys.len(), open_all);
     match opened {
         Ok(opened) => (keys.iter().zip(opened))
             .map(|(key, item)| {
