@@ -32,7 +32,7 @@ from aiinfra._native import EnvelopeCodec, decode_replies, encode_commands  # no
 from aiinfra.memory.envelope import ReferenceCodec  # noqa: E402
 from aiinfra.memory.resp import RedisClient  # noqa: E402
 from aiinfra.memory.schema import index_key, memory_prefix  # noqa: E402
-from aiinfra.memory.store import INDEX_TTL_MS, PUT_REPLIES, Codec, MemoryStore  # noqa: E402
+from aiinfra.memory.store import INDEX_TTL_MS, Codec, MemoryStore  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
@@ -178,12 +178,16 @@ def ceiling_contender(port: int, codec: EnvelopeCodec, agent: str) -> dict[str, 
     prefix, index, value = memory_prefix(agent), index_key(agent), orjson.dumps(VALUE)
     now = time.time_ns() // 10**6
     names = [prefix + key.encode() for key in KEYS]
-    puts = [codec.seal_batch_put(prefix, index, INDEX_TTL_MS, now, [(k, value, 3600)], True)[0] for k in KEYS]
+    puts = [
+        codec.seal_batch_put(prefix, index, INDEX_TTL_MS, now, [(key, value, 3600)], True)[:2] for key in KEYS
+    ]
     gets = [encode_commands([["GET", name]]) for name in names]
-    batch_put, _ = codec.seal_batch_put(
-        prefix, index, INDEX_TTL_MS, now, [(key, value, 3600) for key in KEYS[:BATCH]]
+    batch_agent = f"{agent}-batch"
+    batch_prefix = memory_prefix(batch_agent)
+    batch_put, batch_replies, _ = codec.seal_batch_put(
+        batch_prefix, index_key(batch_agent), INDEX_TTL_MS, now, [(key, value, 3600) for key in KEYS[:BATCH]]
     )
-    batch_get = encode_commands([["MGET", *names[:BATCH]]])
+    batch_get = encode_commands([["MGET", *[batch_prefix + key.encode() for key in KEYS[:BATCH]]]])
 
     def send(request: bytes) -> None:
         connection.sendall(request)
@@ -196,17 +200,21 @@ def ceiling_contender(port: int, codec: EnvelopeCodec, agent: str) -> dict[str, 
             received += connection.recv(1 << 16)
 
     return {
-        "put": lambda i: send_batch(puts[i % 1000], PUT_REPLIES),
+        "put": lambda i: send_batch(*puts[i % 1000]),
         "get": lambda i: send(gets[i % 1000]),
-        "batch_put": lambda _: send_batch(batch_put, BATCH + 4),
+        "batch_put": lambda _: send_batch(batch_put, batch_replies),
         "batch_get": lambda _: send_batch(batch_get, 1),
     }
 
 
 def store_contender(store: MemoryStore, agent: str) -> dict[str, Callable[[int], object]]:
     """Our data plane (MemoryStore), doing what the routes do: a put serializes the value first; a
-    get answers the authenticated JSON bytes, which the routes splice into their answer unparsed."""
+    get answers the authenticated JSON bytes, which the routes splice into their answer unparsed.
+    Batches go to an agent of their own, which holds just the batch's memories: a small agent, whose
+    index Redis would keep as a listpack (up to 128 names), where every name a ZADD adds is a linear
+    search."""
     batch = [(KEYS[i], orjson.dumps(VALUE), 3600) for i in range(BATCH)]
+    batch_agent = f"{agent}-batch"
 
     def put(i: int) -> None:
         store.put(agent, KEYS[i % 1000], orjson.dumps(VALUE), 3600)
@@ -214,8 +222,8 @@ def store_contender(store: MemoryStore, agent: str) -> dict[str, Callable[[int],
     return {
         "put": put,
         "get": lambda i: store.get(agent, KEYS[i % 1000]).value_json,
-        "batch_put": lambda _: store.batch_put(agent, batch),
-        "batch_get": lambda _: store.batch_get(agent, KEYS[:BATCH]),
+        "batch_put": lambda _: store.batch_put(batch_agent, batch),
+        "batch_get": lambda _: store.batch_get(batch_agent, KEYS[:BATCH]),
     }
 
 
@@ -317,7 +325,8 @@ def handler_level(port: int, keyring: Path) -> dict[str, Row]:
             REPO_ROOT / "functions" / "memory" / "app.py", "memory_app"
         ).handler,
     }
-    claims = {"sub": "bench", "agents": ["bench-agent"]}
+    # Batches go to an agent of their own, holding just the batch's memories (see store_contender).
+    claims = {"sub": "bench", "agents": ["bench-agent", "bench-batch"]}
     body = json.dumps({"value": VALUE, "ttl": 3600})
     puts = [
         api_gateway_event("http", "PUT", f"/agents/bench-agent/memories/{k}", body, claims=claims)
@@ -327,9 +336,9 @@ def handler_level(port: int, keyring: Path) -> dict[str, Row]:
         api_gateway_event("http", "GET", f"/agents/bench-agent/memories/{k}", claims=claims) for k in KEYS
     ]
     items = json.dumps({"items": [{"key": KEYS[i], "value": VALUE, "ttl": 3600} for i in range(BATCH)]})
-    batch_put = api_gateway_event("http", "POST", "/agents/bench-agent/batch-put", items, claims=claims)
+    batch_put = api_gateway_event("http", "POST", "/agents/bench-batch/batch-put", items, claims=claims)
     batch_get = api_gateway_event(
-        "http", "POST", "/agents/bench-agent/batch-get", json.dumps({"keys": KEYS[:BATCH]}), claims=claims
+        "http", "POST", "/agents/bench-batch/batch-get", json.dumps({"keys": KEYS[:BATCH]}), claims=claims
     )
     context = LambdaContext("memory", 512)
 
@@ -516,7 +525,11 @@ def main() -> None:
             "in the envelope codec. A put is one MULTI/EXEC (SET .. PXAT .. GET, then the index update: "
             "ZADD, PEXPIRE), five commands for Redis where redis-benchmark sends a bare SET: that is why "
             "the ceiling's put stays further below redis-benchmark than its get. A put with If-Match would "
-            "be one EVALSHA instead.",
+            "be one EVALSHA instead. Batches go to an agent that holds just the batch's memories. A batch "
+            "of more than one adds a long member to the agent's index first and removes it in the same "
+            "transaction, so Redis keeps a small index as a skiplist, not a listpack, where each name a "
+            "ZADD adds is a linear search (measured: ZADD of 100 names into 100, 115 us as a listpack, 11 us "
+            "as a skiplist).",
             "",
         ]
     )

@@ -49,3 +49,17 @@ def test_a_redis_that_lost_its_scripts_is_given_them_again(
     assert store.get(agent, "plan") == Memory("plan", memory.version, memory.expires_at_ms, b'{"step": 2}')
     assert store.list_keys(agent, "", 10, "") == (["plan"], None)
     assert raw_redis.script_exists(*(script.sha for script in (_PUT, _LIST))) == [True, True]
+
+
+def test_a_batch_of_many_turns_a_small_index_into_a_skiplist_of_its_keys_alone(
+    store: MemoryStore, raw_redis: redis.Redis, agent: str
+) -> None:
+    index = f"idx:{{{agent}}}"
+    store.put(agent, "first", b"1", 60)
+    assert raw_redis.object("encoding", index) == b"listpack"  # a put of one leaves it be
+    store.batch_put(agent, [(f"k{i:02d}", b"%d" % i, 60) for i in range(20)])
+    # Where ZADD finds each name in a linear search no more, and no trace of the encoding member.
+    assert raw_redis.object("encoding", index) == b"skiplist"
+    keys = ["first", *[f"k{i:02d}" for i in range(20)]]
+    assert [name.decode() for name in raw_redis.zrange(index, 0, -1)] == sorted(keys)
+    assert store.list_keys(agent, "", 100, "") == (sorted(keys), None)

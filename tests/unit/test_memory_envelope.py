@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from aiinfra._native import EnvelopeCodec, Memory, decode_replies
+from aiinfra._native import INDEX_ENCODING_MEMBER, EnvelopeCodec, Memory, decode_replies
 from aiinfra.memory.envelope import NONCE_LEN, IntegrityError, ReferenceCodec, key_id_of
+from aiinfra.memory.schema import is_name
 
 from tests.conftest import REPO_ROOT
 
@@ -116,12 +117,12 @@ def _batch_put_request(codec: Any, count: int, answer_replaced: bool = False) ->
     2000 ms), decoded (a request is RESP arrays too), and the versions the codec gave them."""
     items = [(f"k{i}", b'{"n": %d}' % i, i) for i in range(count)]
     prefix, index = b"mem:{a}:", b"idx:{a}"
-    request, memories = codec.seal_batch_put(prefix, index, 86_400_000, 2000, items, answer_replaced)
+    request, replies, memories = codec.seal_batch_put(prefix, index, 86_400_000, 2000, items, answer_replaced)
     assert [(m.key, m.expires_at_ms, m.value_json) for m in memories] == [
         (f"k{i}", 2000 + 1000 * i, b"") for i in range(count)
     ]
-    commands = decode_replies(request, count + 4)
-    assert commands is not None
+    commands = decode_replies(request, replies)
+    assert commands is not None and decode_replies(request, replies + 1) is None  # exactly `replies` commands
     return commands, [memory.version for memory in memories]
 
 
@@ -129,16 +130,31 @@ def _batch_put_request(codec: Any, count: int, answer_replaced: bool = False) ->
 def test_a_batch_put_request_carries_sealed_values_the_other_codec_opens(sealer: type, opener: type) -> None:
     commands, versions = _batch_put_request(_codec(sealer), 20)
     assert commands[0] == [b"MULTI"] and commands[-1] == [b"EXEC"]
-    assert commands[-3] == [b"ZADD", b"idx:{a}", *[part for i in range(20) for part in (b"0", b"k%d" % i)]]
+    names = [part for i in range(20) for part in (b"0", b"k%d" % i)]
+    # The encoding member goes in first and out again: the index ends up holding the batch's keys.
+    assert commands[-4] == [b"ZADD", b"idx:{a}", b"0", INDEX_ENCODING_MEMBER, *names]
+    assert commands[-3] == [b"ZREM", b"idx:{a}", INDEX_ENCODING_MEMBER]
     assert commands[-2] == [b"PEXPIRE", b"idx:{a}", b"86400000"]
     assert len(set(versions)) == 20 and 0 not in versions
-    for i, command in enumerate(commands[1:-3]):
+    for i, command in enumerate(commands[1:-4]):
         key, expires = b"mem:{a}:k%d" % i, 2000 + 1000 * i
         assert command[0] == b"SET" and command[1] == key and command[3:] == [b"PXAT", b"%d" % expires]
         assert _codec(opener).open(key, command[2]) == (versions[i], expires, b'{"n": %d}' % i)
     # Every value gets a nonce of its own: no two sealed copies of one plaintext are alike.
     again, _ = _batch_put_request(_codec(sealer), 20)
-    assert all(a[2] != b[2] for a, b in zip(commands[1:-3], again[1:-3], strict=True))
+    assert all(a[2] != b[2] for a, b in zip(commands[1:-4], again[1:-4], strict=True))
+
+
+@pytest.mark.parametrize("sealer", CODECS)
+def test_a_put_of_one_leaves_the_index_encoding_to_redis(sealer: type) -> None:
+    commands, _ = _batch_put_request(_codec(sealer), 1, answer_replaced=True)
+    assert [command[0] for command in commands] == [b"MULTI", b"SET", b"ZADD", b"PEXPIRE", b"EXEC"]
+    assert commands[2] == [b"ZADD", b"idx:{a}", b"0", b"k0"]
+
+
+def test_the_index_encoding_member_is_no_memory_key_and_too_long_for_a_listpack() -> None:
+    assert not is_name(INDEX_ENCODING_MEMBER.decode())
+    assert len(INDEX_ENCODING_MEMBER) > 64  # Redis's default zset-max-listpack-value
 
 
 @pytest.mark.parametrize(("sealer", "opener"), [(a, b) for a in CODECS for b in CODECS])
@@ -165,7 +181,7 @@ def test_both_codecs_write_the_same_batch_put_request_but_for_the_sealed_values(
     assert without_values(native) == without_values(reference)
     tail = [b"PXAT", b"2000", b"GET"] if answer_replaced else [b"PXAT", b"2000"]
     assert without_values(native)[1][2:] == tail
-    assert [len(c[2]) for c in native[1:-3]] == [len(c[2]) for c in reference[1:-3]]
+    assert [len(c[2]) for c in native[1:-4]] == [len(c[2]) for c in reference[1:-4]]
 
 
 def test_a_memory_equals_only_a_memory_with_the_same_fields() -> None:

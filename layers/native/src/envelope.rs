@@ -299,7 +299,8 @@ impl EnvelopeCodec {
 
     /// The RESP bytes of an atomic batch put (MULTI, a `SET .. PXAT` per memory, ending in `GET`
     /// with `answer_replaced`, the index update, EXEC) of `(key, value_json, ttl_seconds)` items,
-    /// and the memories as written (expiring `ttl` seconds after `now_ms`, each a new version).
+    /// how many replies it gets, and the memories as written (expiring `ttl` seconds after
+    /// `now_ms`, each a new version).
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (prefix, index_key, index_ttl_ms, now_ms, items, answer_replaced=false))]
     fn seal_batch_put<'py>(
@@ -311,7 +312,7 @@ impl EnvelopeCodec {
         now_ms: u64,
         items: Vec<memory_batch::PutItem<'py>>,
         answer_replaced: bool,
-    ) -> PyResult<(Bound<'py, PyBytes>, Vec<Bound<'py, memory_batch::Memory>>)> {
+    ) -> PyResult<memory_batch::SealedBatchPut<'py>> {
         memory_batch::seal_batch_put(
             py,
             self,
@@ -350,5 +351,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.py().get_type::<memory_batch::RedisRedirect>(),
     )?;
     m.add("IntegrityError", m.py().get_type::<IntegrityError>())?;
+    m.add(
+        "INDEX_ENCODING_MEMBER",
+        PyBytes::new(m.py(), memory_batch::INDEX_ENCODING_MEMBER),
+    )?;
     Ok(())
 }

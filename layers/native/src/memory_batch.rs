@@ -156,10 +156,23 @@ impl Memory {
 /// `(key, value_json, ttl_seconds)`: one memory of a batch put.
 pub type PutItem<'py> = (Bound<'py, PyString>, Bound<'py, PyBytes>, u64);
 
+/// A batch put's request bytes, how many replies it gets, and the memories it writes.
+pub type SealedBatchPut<'py> = (Bound<'py, PyBytes>, usize, Vec<Bound<'py, Memory>>);
+
+/// A member no memory key can be (`~` is outside the key alphabet), longer than Redis's
+/// `zset-max-listpack-value` (64 bytes by default). A batch of many adds it to the index first and
+/// removes it again in the same transaction: that turns an index of up to 128 names (a listpack,
+/// where every ZADD member is a linear search: ~115 us for 100 names into 100) into a skiplist
+/// (~11 us), and Redis never turns it back (until a restart loads it as a listpack again). The
+/// price is ~100 bytes of Redis memory more per name for an agent of up to 128 memories.
+pub const INDEX_ENCODING_MEMBER: &[u8] =
+    b"~aiinfra~index~encoding~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~";
+
 /// The whole request of an atomic batch put, sealed and written in one pass, a batch of many with
 /// the GIL released (no sealed value becomes a Python object on its way to the socket): `MULTI`, then
 /// `SET <prefix><key> <sealed> PXAT <expires_at_ms>` per memory, `ZADD <index_key> 0 <key> ...`,
-/// `PEXPIRE <index_key> <index_ttl_ms>` and `EXEC`; and the memories as written (each expiring
+/// `PEXPIRE <index_key> <index_ttl_ms>` and `EXEC`, plus the index's `INDEX_ENCODING_MEMBER` for a
+/// batch of more than one; how many replies it gets; and the memories as written (each expiring
 /// `ttl` seconds after `now_ms`, with a new version). With `answer_replaced` each SET ends in
 /// `GET`, answering the value it replaced (nil when it created one): how a single put tells created
 /// from replaced.
@@ -173,7 +186,7 @@ pub fn seal_batch_put<'py>(
     now_ms: u64,
     items: Vec<PutItem<'py>>,
     answer_replaced: bool,
-) -> PyResult<(Bound<'py, PyBytes>, Vec<Bound<'py, Memory>>)> {
+) -> PyResult<SealedBatchPut<'py>> {
     let keys = (items.iter())
         .map(|(key, _, _)| key.to_str())
         .collect::<PyResult<Vec<&str>>>()?;
@@ -197,7 +210,7 @@ pub fn seal_batch_put<'py>(
             answer_replaced,
         )
     };
-    let (request, versions) = detached_for_many(py, items.len(), build)?;
+    let (request, replies, versions) = detached_for_many(py, items.len(), build)?;
     let empty = PyBytes::new(py, b"").unbind();
     let memories = (items.iter().zip(versions).zip(expiries))
         .map(|(((key, _, _), version), expires_at_ms)| {
@@ -210,10 +223,10 @@ pub fn seal_batch_put<'py>(
             Bound::new(py, memory)
         })
         .collect::<PyResult<Vec<_>>>()?;
-    Ok((PyBytes::new(py, &request), memories))
+    Ok((PyBytes::new(py, &request), replies, memories))
 }
 
-/// `seal_batch_put`'s request bytes and versions.
+/// `seal_batch_put`'s request bytes, reply count and versions.
 #[allow(clippy::too_many_arguments)]
 fn batch_put_request(
     codec: &EnvelopeCodec,
@@ -224,8 +237,9 @@ fn batch_put_request(
     expiries: &[u64],
     values: &[&[u8]],
     answer_replaced: bool,
-) -> Result<(Vec<u8>, Vec<u64>), EnvelopeError> {
+) -> Result<(Vec<u8>, usize, Vec<u64>), EnvelopeError> {
     let count = keys.len();
+    let encoding_member = count > 1;
     let writes = fresh_writes(count)?;
     let size: usize = (keys.iter().zip(values))
         .map(|(key, value)| codec.sealed_len(value.len()) + 2 * (prefix.len() + key.len()) + 96)
@@ -253,18 +267,37 @@ fn batch_put_request(
         write_bulk_decimal(&mut out, *expires);
         out.extend_from_slice(set_tail);
     }
-    write_header(&mut out, b'*', 2 + 2 * count);
+    write_header(
+        &mut out,
+        b'*',
+        2 + 2 * (count + usize::from(encoding_member)),
+    );
     write_bulk_bytes(&mut out, b"ZADD");
     write_bulk_bytes(&mut out, index_key);
-    for key in keys {
+    let first = encoding_member.then_some(INDEX_ENCODING_MEMBER);
+    for member in first
+        .into_iter()
+        .chain(keys.iter().map(|key| key.as_bytes()))
+    {
         out.extend_from_slice(b"$1\r\n0\r\n");
-        write_bulk_bytes(&mut out, key.as_bytes());
+        write_bulk_bytes(&mut out, member);
+    }
+    if encoding_member {
+        out.extend_from_slice(b"*3\r\n$4\r\nZREM\r\n");
+        write_bulk_bytes(&mut out, index_key);
+        write_bulk_bytes(&mut out, INDEX_ENCODING_MEMBER);
     }
     out.extend_from_slice(b"*3\r\n$7\r\nPEXPIRE\r\n");
     write_bulk_bytes(&mut out, index_key);
     write_bulk_decimal(&mut out, index_ttl_ms);
     out.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-    Ok((out, writes.iter().map(|(version, _)| *version).collect()))
+    // MULTI, each command QUEUED, EXEC.
+    let replies = count + 4 + usize::from(encoding_member);
+    Ok((
+        out,
+        replies,
+        writes.iter().map(|(version, _)| *version).collect(),
+    ))
 }
 
 /// Opens the blobs stored under `<prefix><key>` for `keys` (None = absent, answered as None) into
@@ -641,10 +674,15 @@ fn exchange(fd: RawFd, request: &[u8], count: usize) -> PyResult<Vec<u8>> {
             Err(error) => return Err(timed_out(error)),
         }
     }
-    let mut received = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 1 << 16];
+    // Read straight into the answer. 4 KiB holds the replies of every single operation and costs
+    // nothing to zero; a longer answer (a batch get) grows it to 64 KiB, then by doubling.
+    let mut received = vec![0u8; 4096];
+    let mut filled = 0;
     loop {
-        let size = match socket.read(&mut chunk) {
+        if filled == received.len() {
+            received.resize((2 * filled).max(1 << 16), 0);
+        }
+        filled += match socket.read(&mut received[filled..]) {
             Ok(0) => return Err(closed()),
             Ok(size) => size,
             Err(error) if error.kind() == ErrorKind::Interrupted => {
@@ -653,8 +691,8 @@ fn exchange(fd: RawFd, request: &[u8], count: usize) -> PyResult<Vec<u8>> {
             }
             Err(error) => return Err(timed_out(error)),
         };
-        received.extend_from_slice(&chunk[..size]);
-        if parse_replies(&received, count)?.is_some() {
+        if parse_replies(&received[..filled], count)?.is_some() {
+            received.truncate(filled);
             return Ok(received);
         }
     }

@@ -16,7 +16,7 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 
-from aiinfra._native import IntegrityError, Memory, encode_commands
+from aiinfra._native import INDEX_ENCODING_MEMBER, IntegrityError, Memory, encode_commands
 from aiinfra.memory.resp import Arg
 
 __all__ = ["FORMAT", "IntegrityError", "ReferenceCodec", "key_id_of", "new_versions", "version_bytes"]
@@ -118,12 +118,13 @@ class ReferenceCodec:
         now_ms: int,
         items: list[tuple[str, bytes, int]],
         answer_replaced: bool = False,
-    ) -> tuple[bytes, list[Memory]]:
+    ) -> tuple[bytes, int, list[Memory]]:
         """The RESP bytes of an atomic batch put of `(key, value_json, ttl_seconds)` items: `MULTI`,
         `SET <prefix><key> <sealed> PXAT <expires_at_ms>` per memory (ending in `GET` with
         `answer_replaced`: the SET then answers the value it replaced), `ZADD <index_key> 0 <key>
-        ...`, `PEXPIRE <index_key> <index_ttl_ms>`, `EXEC`; and the memories as written (expiring
-        `ttl` seconds after `now_ms`, each a new version)."""
+        ...`, `PEXPIRE <index_key> <index_ttl_ms>`, `EXEC`, and for more than one memory the
+        `INDEX_ENCODING_MEMBER` added first to the index and removed after; how many replies it
+        gets; and the memories as written (expiring `ttl` seconds after `now_ms`, each a new version)."""
         keys = [key for key, _, _ in items]
         expiries = [now_ms + ttl * 1000 for _, _, ttl in items]
         versions = new_versions(len(items))
@@ -135,12 +136,14 @@ class ReferenceCodec:
             ["SET", redis_key, blob, "PXAT", expires, *answer]
             for redis_key, blob, expires in zip(redis_keys, sealed, expiries, strict=True)
         ]
-        index: list[Arg] = ["ZADD", index_key]
-        for key in keys:
-            index += ("0", key)
-        request = encode_commands([["MULTI"], *sets, index, ["PEXPIRE", index_key, index_ttl_ms], ["EXEC"]])
+        many = len(keys) > 1
+        members: list[Arg] = [INDEX_ENCODING_MEMBER, *keys] if many else [*keys]
+        index: list[list[Arg]] = [["ZADD", index_key, *[part for name in members for part in ("0", name)]]]
+        if many:
+            index.append(["ZREM", index_key, INDEX_ENCODING_MEMBER])
+        commands: list[list[Arg]] = [["MULTI"], *sets, *index, ["PEXPIRE", index_key, index_ttl_ms], ["EXEC"]]
         memories = [Memory(*memory) for memory in zip(keys, versions, expiries, strict=True)]
-        return request, memories
+        return encode_commands(commands), len(commands), memories
 
     def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]:
         """The memories stored under `<prefix><key>` for `keys`, opened from `blobs` (None = absent,

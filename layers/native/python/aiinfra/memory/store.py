@@ -43,7 +43,7 @@ class Codec(Protocol):
         now_ms: int,
         items: list[tuple[str, bytes, int]],
         answer_replaced: bool = False,
-    ) -> tuple[bytes, list[Memory]]: ...
+    ) -> tuple[bytes, int, list[Memory]]: ...
     def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]: ...
 
 
@@ -136,11 +136,6 @@ return swapped
 )
 
 
-# A put without precondition is a batch put of one whose `SET .. GET` answers the value it
-# replaced: MULTI, SET, ZADD, PEXPIRE and EXEC's replies.
-PUT_REPLIES = 5
-
-
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -191,11 +186,12 @@ class MemoryStore:
         """Writes one memory; answers it and whether it was created (vs. replaced)."""
         index, now = index_key(agent_id), _now_ms()
         if condition.mode == "any":
-            # One native call seals the value into the whole MULTI/EXEC (see PUT_REPLIES).
-            request, [memory] = self.codec.seal_batch_put(
+            # A batch put of one, sealed into the whole MULTI/EXEC by one native call, whose
+            # `SET .. GET` answers the value it replaced (the index's ZADD and PEXPIRE follow).
+            request, replies, [memory] = self.codec.seal_batch_put(
                 memory_prefix(agent_id), index, INDEX_TTL_MS, now, [(key, value_json, ttl)], True
             )
-            replaced, _, _ = self._executed(self.redis.send(request, PUT_REPLIES, index))
+            replaced, _, _ = self._executed(self.redis.send(request, replies, index))
             return memory, replaced is None
         redis_key, expires = memory_key(agent_id, key), now + ttl * 1000
         # One native call seals the value straight into the EVALSHA's bytes.
@@ -240,10 +236,10 @@ class MemoryStore:
         # MULTI/EXEC, not Lua: Redis runs 100 native SETs in ~40 us, the same SETs from a script in ~200 us.
         # A fault before EXEC discards the queue; EXEC applies every command or none. The codec seals
         # the values straight into the request's bytes, and makes the memories it answers natively.
-        request, memories = self.codec.seal_batch_put(
+        request, replies, memories = self.codec.seal_batch_put(
             memory_prefix(agent_id), index, INDEX_TTL_MS, _now_ms(), items
         )
-        self._executed(self.redis.send(request, len(items) + 4, index))
+        self._executed(self.redis.send(request, replies, index))
         return memories
 
     def batch_get(self, agent_id: str, keys: list[str]) -> list[Memory | None]:
