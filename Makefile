@@ -59,7 +59,7 @@ lint: native
 	$(VENV)/bin/ruff check layers functions tests bench
 	$(VENV)/bin/ruff format --check layers functions tests bench
 	$(VENV)/bin/mypy --strict $(NATIVE)/python/aiinfra
-	cd $(NATIVE) && cargo clippy --release --quiet -- -D warnings
+	cd $(NATIVE) && cargo fmt --check && cargo clippy --release --quiet -- -D warnings
 
 bench: bench-embed bench-search bench-memory
 

@@ -372,7 +372,9 @@ impl Graph<'_> {
     fn search_chunk_portable(&self, queries: &[f32], walk: Walk, out: Answers<'_>) {
         let k = walk.k;
         let rows = self.offsets.len() / 8 - 1;
-        let mut visited = lock(self.scratch).pop().unwrap_or_else(|| Visited::new(rows));
+        let mut visited = lock(self.scratch)
+            .pop()
+            .unwrap_or_else(|| Visited::new(rows));
         let mut best = Vec::with_capacity(k * walk.refine);
         for (i, query) in queries.chunks_exact(self.dimension).enumerate() {
             self.search(query, walk, &mut visited, &mut best);
