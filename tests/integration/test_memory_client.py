@@ -58,7 +58,7 @@ def test_a_batch_of_many_turns_a_small_index_into_a_skiplist_of_its_keys_alone(
     store.put(agent, "first", b"1", 60)
     assert raw_redis.object("encoding", index) == b"listpack"  # a put of one leaves it be
     store.batch_put(agent, [(f"k{i:02d}", b"%d" % i, 60) for i in range(20)])
-    # Where ZADD finds each name in a linear search no more, and no trace of the encoding member.
+    # A skiplist, where ZADD no longer compares each name with every other; the encoding member is gone.
     assert raw_redis.object("encoding", index) == b"skiplist"
     keys = ["first", *[f"k{i:02d}" for i in range(20)]]
     assert [name.decode() for name in raw_redis.zrange(index, 0, -1)] == sorted(keys)

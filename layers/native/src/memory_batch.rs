@@ -291,7 +291,7 @@ fn batch_put_request(
     write_bulk_bytes(&mut out, index_key);
     write_bulk_decimal(&mut out, index_ttl_ms);
     out.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-    // MULTI, each command QUEUED, EXEC.
+    // One reply per command: MULTI's OK, a QUEUED for each queued command, EXEC's array.
     let replies = count + 4 + usize::from(encoding_member);
     Ok((
         out,

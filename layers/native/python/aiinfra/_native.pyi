@@ -83,8 +83,8 @@ class EnvelopeCodec:
     def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]: ...
 
 INDEX_ENCODING_MEMBER: bytes
-"""Added first to an agent's index by a batch put of many, and removed in the same transaction:
-it makes Redis keep the index as a skiplist, never a listpack (see memory_batch.rs)."""
+"""Added first to an agent's index by a batch put of many, and removed in the same transaction: it
+turns a small index from a Redis listpack into a skiplist (see memory_batch.rs)."""
 
 def encode_commands(commands: Sequence[Sequence[bytes | str | int]]) -> bytes:
     """The RESP2 request bytes of a pipeline of Redis commands."""
