@@ -244,11 +244,11 @@ class MemoryStore:
 
     def batch_get(self, agent_id: str, keys: list[str]) -> list[Memory | None]:
         prefix = memory_prefix(agent_id)
-        return self._open_many(prefix, keys, self._blobs(prefix, keys))
+        return self._open_many(prefix, keys, self._blobs([prefix + key.encode() for key in keys]))
 
-    def _blobs(self, prefix: bytes, keys: list[str]) -> list[bytes | None]:
-        """What is stored under `<prefix><key>` for `keys` (None where nothing is), in one MGET."""
-        return self._call("MGET", *[prefix + key.encode() for key in keys]) if keys else []
+    def _blobs(self, redis_keys: list[bytes]) -> list[bytes | None]:
+        """What is stored under `redis_keys` (None where nothing is), in one MGET."""
+        return self._call("MGET", *redis_keys) if redis_keys else []
 
     def rewrap(self, agent_id: str, page: int = 500) -> int:
         """Re-seals the agent's entries that an older key sealed with the current one; keeps
@@ -257,26 +257,25 @@ class MemoryStore:
         moved, cursor = 0, ""
         while True:
             keys, next_cursor = self.list_keys(agent_id, "", page, cursor)
-            blobs = self._blobs(prefix, keys)
+            redis_keys = [prefix + key.encode() for key in keys]
             stale = [
-                (key, blob)
-                for key, blob in zip(keys, blobs, strict=True)
+                (key, redis_key, blob)
+                for key, redis_key, blob in zip(keys, redis_keys, self._blobs(redis_keys), strict=True)
                 if blob is not None and key_id_of(blob) != current
             ]
             if stale:
-                stale_keys = [prefix + key.encode() for key, _ in stale]
-                opened = self._open_many(prefix, [key for key, _ in stale], [blob for _, blob in stale])
+                opened = self._open_many(prefix, [key for key, _, _ in stale], [blob for _, _, blob in stale])
                 resealed = self.codec.seal_many(
                     [
                         (redis_key, memory.version, memory.expires_at_ms, memory.value_json)
-                        for redis_key, memory in zip(stale_keys, opened, strict=True)
+                        for (_, redis_key, _), memory in zip(stale, opened, strict=True)
                         if memory is not None
                     ]
                 )
                 args: list[Arg] = [
-                    part for (_, old), new in zip(stale, resealed, strict=True) for part in (old, new)
+                    part for (_, _, old), new in zip(stale, resealed, strict=True) for part in (old, new)
                 ]
-                moved += self._run(_SWAP, stale_keys, args)
+                moved += self._run(_SWAP, [redis_key for _, redis_key, _ in stale], args)
             if next_cursor is None:
                 return moved
             cursor = next_cursor
