@@ -115,6 +115,23 @@ def test_a_body_over_the_lambda_payload_limit_gets_413(embed_function: ModuleTyp
     assert response_json(response)["error"]["type"] == "payload_too_large"
 
 
+def test_an_answer_over_the_lambda_limit_gets_400_and_base64_fits(embed_function: ModuleType) -> None:
+    # 2,048 vectors as JSON floats are ~9.7 MB, over the 6 MiB + 100 bytes a function may answer;
+    # as base64 they are ~4.3 MB. (tests/lambda/test_rie_functions.py shows where the runtime cuts.)
+    request = {
+        "input": [f"text number {i} about guitars" for i in range(2048)],
+        "model": "all-MiniLM-L6-v2-int8",
+    }
+    refused = invoke(embed_function.handler, "http", "POST", "/v1/embeddings", request)
+    assert refused["statusCode"] == 400
+    error = response_json(refused)["error"]
+    assert error["type"] == "answer_too_large" and "6291556" in error["message"], error
+    packed = invoke(
+        embed_function.handler, "http", "POST", "/v1/embeddings", request | {"encoding_format": "base64"}
+    )
+    assert packed["statusCode"] == 200 and len(response_json(packed)["data"]) == 2048
+
+
 def test_an_event_that_is_not_api_gateway_gets_a_clear_400(embed_function: ModuleType) -> None:
     response = embed_function.handler({"Records": [{"eventSource": "aws:sqs"}]}, LambdaContext("embed"))
     assert response["statusCode"] == 400

@@ -110,6 +110,33 @@ def test_memory_round_trips_through_redis_with_the_callers_claims(
         assert stranger["statusCode"] == 403
 
 
+def test_an_answer_too_long_for_lambda_is_a_400_and_one_that_fits_arrives_whole(
+    lambda_function: Start, redis_server: RedisServer, keyring_uri: str, agent: str
+) -> None:
+    # The runtime interface refuses an answer over 6 MiB + 100 bytes (API Gateway would say 502): a
+    # batch get of 26 values of 250,000 bytes is 6.5 MB, 25 of them are 6.25 MB.
+    emulator = lambda_function(
+        "memory", {"REDIS_URL": redis_server.url, "MEMORY_KEYS": keyring_uri, "AUTH_MODE": "jwt"}
+    )
+    claims = {"sub": "user-1", "agents": agent}
+    keys = [f"big-{i}" for i in range(26)]
+    for start in range(0, len(keys), 10):  # a request carries at most 6 MB too
+        items = [{"key": key, "value": "x" * 250_000} for key in keys[start : start + 10]]
+        written = _call(
+            emulator, "http", "POST", f"/agents/{agent}/batch-put", {"items": items}, claims=claims
+        )
+        assert written["statusCode"] == 200, response_json(written)
+    too_long = _call(emulator, "http", "POST", f"/agents/{agent}/batch-get", {"keys": keys}, claims=claims)
+    assert too_long["statusCode"] == 400
+    error = response_json(too_long)["error"]
+    assert error["type"] == "answer_too_large" and "ask for less" in error["message"], error
+    fits = _call(emulator, "http", "POST", f"/agents/{agent}/batch-get", {"keys": keys[:25]}, claims=claims)
+    assert fits["statusCode"] == 200
+    body = response_json(fits)
+    assert [item["key"] for item in body["items"]] == keys[:25] and body["missing"] == []
+    assert {item["value"] for item in body["items"]} == {"x" * 250_000}
+
+
 @pytest.mark.parametrize("function", ["embed", "search", "memory"])
 def test_an_event_of_another_shape_gets_a_400_answer_and_one_error_log_line(
     lambda_function: Start, function: str, tmp_path: Path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 from mangum import Mangum
 
 from aiinfra import snapstart
+from aiinfra.api.errors import AnswerTooLarge
 from aiinfra.observability import log_request, logger, metrics
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -30,6 +32,35 @@ def _is_api_gateway_event(event: object) -> bool:
     return "httpMethod" in event and "path" in event
 
 
+# The most a function may answer: bytes of the JSON the runtime posts (6 MiB + 100). The runtime
+# interface refuses a longer answer, and API Gateway then says no more than 502 Bad Gateway.
+MAX_ANSWER_BYTES = 6 * 1024 * 1024 + 100
+# No character of a body takes more than 6 bytes in that JSON (a control character as \u00XX);
+# headers and the rest of the envelope get this much room.
+_ENVELOPE_ROOM = 64 * 1024
+
+
+def _fitting(response: dict[str, Any]) -> dict[str, Any]:
+    """`response`, or a 400 in its place when it is too long for Lambda to return (measured only
+    for a body that could be: the answer of a read, never of a write, is the long one)."""
+    if len(response.get("body") or "") * 6 + _ENVELOPE_ROOM <= MAX_ANSWER_BYTES:
+        return response
+    size = len(json.dumps(response, ensure_ascii=False).encode())  # as the python3.12 runtime posts it
+    if size <= MAX_ANSWER_BYTES:
+        return response
+    logger().warning("answer too large for a Lambda response", extra={"answer_bytes": size})
+    error = AnswerTooLarge(
+        f"the answer is {size} bytes, over the {MAX_ANSWER_BYTES} a Lambda function can return: "
+        "ask for less in one request"
+    )
+    return {
+        "statusCode": error.status,
+        "headers": {"content-type": "application/json"},
+        "body": json.dumps(error.body(), separators=(",", ":")),
+        "isBase64Encoded": False,
+    }
+
+
 def lambda_handler(app: Any, service: str) -> LambdaHandler:
     """What Lambda calls: `handler(event, context)` for HTTP API and REST API events."""
     os.environ.setdefault("POWERTOOLS_SERVICE_NAME", service)
@@ -46,7 +77,7 @@ def lambda_handler(app: Any, service: str) -> LambdaHandler:
             log.error("unsupported event shape", extra={"event_shape": shape})
             return dict(BAD_EVENT)
         started = time.perf_counter()
-        response = asgi(event, context)
+        response = _fitting(asgi(event, context))
         http = event["requestContext"].get("http", {})
         log_request(
             method=http.get("method", event.get("httpMethod")),

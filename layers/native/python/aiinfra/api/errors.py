@@ -73,6 +73,13 @@ class PayloadTooLarge(ApiError):
     type = "payload_too_large"
 
 
+class AnswerTooLarge(ApiError):
+    """The answer would not fit in a Lambda response: the caller asked for too much in one request."""
+
+    status = 400
+    type = "answer_too_large"
+
+
 class IntegrityFailure(ApiError):
     """A stored value failed authentication (tampered or moved): never returned, always a 500."""
 
