@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import redis
 from aiinfra._native import encode_commands
-from aiinfra.memory.resp import RedisClient
-from aiinfra.memory.store import _LIST, _PUT, Condition, Memory, MemoryStore
+from aiinfra.memory.resp import RedisClient, ReplyTooLarge
+from aiinfra.memory.store import _LIST, _PUT, Condition, Memory, MemoryStore, ValuesTooLarge
 
 from tests.support.redis_server import RedisServer
 
@@ -26,6 +27,36 @@ def test_a_reply_of_many_reads_arrives_whole(
         b"PONG",
     ]
     assert client.call("GET", f"big:{agent}") == value  # the connection went back to the pool in step
+
+
+def test_an_answer_past_its_limit_is_cut_off_and_the_client_stays_in_step(
+    redis_server: RedisServer, raw_redis: redis.Redis, agent: str
+) -> None:
+    value = os.urandom(2**20)
+    raw_redis.set(f"big:{agent}", value)
+    client = RedisClient(redis_server.url, 5.0)
+    answer = len(b"$%d\r\n" % len(value)) + len(value) + 2  # the GET's whole answer, in bytes
+    assert client.call("GET", f"big:{agent}", max_bytes=answer) == value
+    for limit in (answer - 1, 100_000):
+        with pytest.raises(ReplyTooLarge):
+            client.call("GET", f"big:{agent}", max_bytes=limit)
+        # Most of the answer was never read: its connection is gone, the next one is in step.
+        assert client.call("GET", f"big:{agent}") == value
+    assert client.call("PING") == b"PONG"
+
+
+def test_a_batch_get_past_its_limit_is_refused_and_one_within_it_arrives(
+    store: MemoryStore, agent: str
+) -> None:
+    values = [b'"%s"' % os.urandom(100 * 1024).hex().encode() for _ in range(10)]  # 200 KiB each
+    keys = [f"k{i}" for i in range(len(values))]
+    store.batch_put(agent, [(key, value, 600) for key, value in zip(keys, values, strict=True)])
+    total = sum(len(value) for value in values)
+    read = store.batch_get(agent, keys, max_value_bytes=total)  # the envelopes' room is not counted
+    assert [memory.value_json for memory in read if memory is not None] == values
+    with pytest.raises(ValuesTooLarge):
+        store.batch_get(agent, keys, max_value_bytes=total // 2)
+    assert store.batch_get(agent, keys[:1], max_value_bytes=total // 2)[0] is not None
 
 
 def test_a_batch_of_large_values_round_trips(store: MemoryStore, agent: str) -> None:

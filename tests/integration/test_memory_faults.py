@@ -14,7 +14,7 @@ import pytest
 import redis
 from aiinfra.memory.resp import RedisUnavailable
 from aiinfra.memory.schema import index_key, memory_key
-from aiinfra.memory.store import Condition, MemoryStore, PreconditionFailed, memory_store
+from aiinfra.memory.store import Condition, MemoryStore, PreconditionFailed, ValuesTooLarge, memory_store
 from fastapi.testclient import TestClient
 
 from tests.support.memory import memory_app, memory_settings_for
@@ -214,3 +214,12 @@ def test_rediss_url_speaks_tls_verifies_the_server_and_times_out(
     assert time.monotonic() - started < 2
     server.resume()
     assert store.get(agent, "k").value_json == b'"over tls"'
+    # An answer past its limit is cut off over TLS too, and the next one arrives in step.
+    big = b'"%s"' % (b"x" * 300_000)
+    store.batch_put(agent, [("big", big, 60)])
+    with pytest.raises(ValuesTooLarge):
+        store.batch_get(agent, ["big"], max_value_bytes=100_000)
+    assert [memory.value_json for memory in store.batch_get(agent, ["big", "k"]) if memory] == [
+        big,
+        b'"over tls"',
+    ]

@@ -129,7 +129,9 @@ def test_an_answer_too_long_for_lambda_is_a_400_and_one_that_fits_arrives_whole(
     too_long = _call(emulator, "http", "POST", f"/agents/{agent}/batch-get", {"keys": keys}, claims=claims)
     assert too_long["statusCode"] == 400
     error = response_json(too_long)["error"]
-    assert error["type"] == "answer_too_large" and "ask for less" in error["message"], error
+    assert (error["type"], error["param"]) == ("answer_too_large", "keys") and "fewer keys" in error[
+        "message"
+    ]
     fits = _call(emulator, "http", "POST", f"/agents/{agent}/batch-get", {"keys": keys[:25]}, claims=claims)
     assert fits["statusCode"] == 200
     body = response_json(fits)

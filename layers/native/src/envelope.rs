@@ -350,6 +350,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "RedisRedirect",
         m.py().get_type::<memory_batch::RedisRedirect>(),
     )?;
+    m.add(
+        "ReplyTooLarge",
+        m.py().get_type::<memory_batch::ReplyTooLarge>(),
+    )?;
     m.add("IntegrityError", m.py().get_type::<IntegrityError>())?;
     m.add(
         "INDEX_ENCODING_MEMBER",

@@ -495,6 +495,14 @@ create_exception!(
     "A Redis Cluster node answered MOVED or ASK: it executed nothing of the pipeline."
 );
 
+create_exception!(
+    _native,
+    ReplyTooLarge,
+    PyException,
+    "Redis's answer ran past the most the caller would read: the rest is unread, so the \
+     connection is out of step and must be closed."
+);
+
 /// One RESP2 reply, its payloads borrowed from the receive buffer.
 enum Reply<'a> {
     Bulk(&'a [u8]),
@@ -656,7 +664,8 @@ pub fn decode_replies<'py>(
 /// The socket is blocking with the kernel's timeouts (SO_SNDTIMEO, SO_RCVTIMEO), so a Redis that
 /// stops answering ends the wait with TimeoutError. A signal that interrupts the wait runs its
 /// Python handler at once, as Python's own socket calls do: Ctrl-C does not wait for the timeout.
-fn exchange(fd: RawFd, request: &[u8], count: usize) -> PyResult<Vec<u8>> {
+/// ReplyTooLarge once more than `max_bytes` have arrived.
+fn exchange(fd: RawFd, request: &[u8], count: usize, max_bytes: usize) -> PyResult<Vec<u8>> {
     // SAFETY: the caller keeps `fd` open for the call; ManuallyDrop never closes it.
     let mut socket = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
     let timed_out = |error: std::io::Error| match error.kind() {
@@ -691,6 +700,11 @@ fn exchange(fd: RawFd, request: &[u8], count: usize) -> PyResult<Vec<u8>> {
             }
             Err(error) => return Err(timed_out(error)),
         };
+        if filled > max_bytes {
+            return Err(ReplyTooLarge::new_err(format!(
+                "redis answered more than the {max_bytes} bytes asked for"
+            )));
+        }
         if parse_replies(&received[..filled], count)?.is_some() {
             received.truncate(filled);
             return Ok(received);
@@ -700,15 +714,18 @@ fn exchange(fd: RawFd, request: &[u8], count: usize) -> PyResult<Vec<u8>> {
 
 /// A pipeline's round trip on a plain TCP connection in one call: `request` written to the socket
 /// `fd`, its `count` replies read and decoded as `decode_replies` does, the GIL released while it
-/// waits. OSError (TimeoutError when the kernel's timeout ran out) when the connection fails.
+/// waits. OSError (TimeoutError when the kernel's timeout ran out) when the connection fails;
+/// ReplyTooLarge when the answer runs past `max_bytes`.
 #[pyfunction]
+#[pyo3(signature = (fd, request, count, max_bytes = usize::MAX))]
 pub fn roundtrip<'py>(
     py: Python<'py>,
     fd: RawFd,
     request: &[u8],
     count: usize,
+    max_bytes: usize,
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
-    let received = py.detach(|| exchange(fd, request, count))?;
+    let received = py.detach(|| exchange(fd, request, count, max_bytes))?;
     let replies = parse_replies(&received, count)?.expect("exchange read every reply");
     replies_to_python(py, &replies)
 }

@@ -99,9 +99,14 @@ def decode_replies(buffer: bytes | bytearray, count: int) -> list[Any] | None:
     """The `count` RESP2 replies of a pipeline in `buffer`, or None while it holds only part of them;
     error replies become RedisError values in place, but a redirect (MOVED, ASK) raises RedisRedirect."""
 
-def roundtrip(fd: int, request: bytes, count: int) -> list[Any]:
+class ReplyTooLarge(Exception):
+    """Redis's answer ran past the most the caller would read: the rest is unread, so the connection
+    is out of step and must be closed."""
+
+def roundtrip(fd: int, request: bytes, count: int, max_bytes: int = ...) -> list[Any]:
     """A pipeline's round trip on the connected plain TCP socket `fd`: `request` written, its `count`
-    replies read and decoded as by `decode_replies`, the GIL released while it waits."""
+    replies read and decoded as by `decode_replies`, the GIL released while it waits; ReplyTooLarge
+    once more than `max_bytes` (default: no limit) have arrived."""
 
 def key_slot(key: bytes) -> int:
     """The Redis Cluster slot of a key (CRC16 of its hash tag, mod 16384)."""

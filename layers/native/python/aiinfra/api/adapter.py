@@ -11,6 +11,7 @@ from typing import Any
 from mangum import Mangum
 
 from aiinfra import snapstart
+from aiinfra.api.app import MAX_ANSWER_BYTES
 from aiinfra.api.errors import AnswerTooLarge
 from aiinfra.observability import log_request, logger, metrics
 
@@ -32,9 +33,6 @@ def _is_api_gateway_event(event: object) -> bool:
     return "httpMethod" in event and "path" in event
 
 
-# The most a function may answer: bytes of the JSON the runtime posts (6 MiB + 100). The runtime
-# interface refuses a longer answer, and API Gateway then says no more than 502 Bad Gateway.
-MAX_ANSWER_BYTES = 6 * 1024 * 1024 + 100
 # No character of a body takes more than 6 bytes in that JSON (a control character as \u00XX);
 # headers and the rest of the envelope get this much room.
 _ENVELOPE_ROOM = 64 * 1024

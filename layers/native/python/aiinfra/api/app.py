@@ -31,6 +31,9 @@ fastapi.utils.annotation_is_pydantic_v1 = _no_pydantic_v1  # type: ignore[attr-d
 
 # A synchronous Lambda invocation carries at most 6 MB; refuse the same locally.
 MAX_BODY_BYTES = 6 * 1024 * 1024
+# The most a function may answer: bytes of the JSON the runtime posts (6 MiB + 100). The runtime
+# interface refuses a longer answer, and API Gateway then says no more than 502 Bad Gateway.
+MAX_ANSWER_BYTES = 6 * 1024 * 1024 + 100
 HTTP_ERROR_TYPES = {404: "not_found", 405: "method_not_allowed"}
 
 

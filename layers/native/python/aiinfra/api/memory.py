@@ -19,9 +19,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from starlette.responses import Response
 
 from aiinfra import snapstart
-from aiinfra.api.app import create_app, json_response
+from aiinfra.api.app import MAX_ANSWER_BYTES, create_app, json_response
 from aiinfra.api.auth import principal
 from aiinfra.api.errors import (
+    AnswerTooLarge,
     Forbidden,
     IntegrityFailure,
     InvalidRequest,
@@ -210,6 +211,10 @@ def _store_faults(agent_id: str) -> Iterator[None]:
         raise NotFound(f"agent {agent_id!r} has no memory {str(missing)!r}", param="key") from None
     except data.PreconditionFailed:
         raise PreconditionFailed("the memory's version does not match the precondition") from None
+    except data.ValuesTooLarge as error:
+        raise AnswerTooLarge(
+            f"{error}, more than one answer carries: ask for fewer keys", param="keys"
+        ) from None
     except IntegrityError as error:
         logger().error(
             "memory integrity failure: a stored value failed authentication",
@@ -343,7 +348,7 @@ def router(
         allow(request, agent_id)
         _unique(body.keys)
         with _store_faults(agent_id):
-            memories = store.batch_get(agent_id, body.keys)
+            memories = store.batch_get(agent_id, body.keys, MAX_ANSWER_BYTES)
         found = [_read(memory) for memory in memories if memory is not None]
         missing = [key for key, memory in zip(body.keys, memories, strict=True) if memory is None]
         return json_response({"items": found, "missing": missing})

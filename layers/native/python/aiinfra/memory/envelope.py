@@ -19,13 +19,23 @@ from collections.abc import Mapping, Sequence
 from aiinfra._native import INDEX_ENCODING_MEMBER, IntegrityError, Memory, encode_commands
 from aiinfra.memory.resp import Arg
 
-__all__ = ["FORMAT", "IntegrityError", "ReferenceCodec", "key_id_of", "new_versions", "version_bytes"]
+__all__ = [
+    "FORMAT",
+    "MAX_OVERHEAD",
+    "IntegrityError",
+    "ReferenceCodec",
+    "key_id_of",
+    "new_versions",
+    "version_bytes",
+]
 
 FORMAT = 1
 NONCE_LEN = 12
 TAG_LEN = 16
 KEY_LEN = 32
 _FIXED = struct.Struct(">BQQB")
+# The most an envelope adds to its plaintext: the header with a key id of 255 bytes, nonce, tag.
+MAX_OVERHEAD = _FIXED.size + 255 + NONCE_LEN + TAG_LEN
 
 
 def new_versions(count: int) -> list[int]:

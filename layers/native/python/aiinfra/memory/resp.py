@@ -14,16 +14,26 @@ import functools
 import hashlib
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from aiinfra._native import RedisError, RedisRedirect, decode_replies, encode_commands, key_slot, roundtrip
+from aiinfra._native import (
+    RedisError,
+    RedisRedirect,
+    ReplyTooLarge,
+    decode_replies,
+    encode_commands,
+    key_slot,
+    roundtrip,
+)
 
 Arg = bytes | str | int
 RECEIVE_BYTES = 1 << 16
+UNLIMITED = sys.maxsize  # no limit on the bytes of an answer
 
 
 class RedisUnavailable(Exception):
@@ -57,10 +67,11 @@ class RedisAddress:
 
 
 class _Connection:
-    """One connection to one node. `roundtrip(request, count)` sends a pipeline and answers its
-    `count` replies (see `decode_replies`); OSError when the connection fails."""
+    """One connection to one node. `roundtrip(request, count, max_bytes)` sends a pipeline and
+    answers its `count` replies (see `decode_replies`); OSError when the connection fails,
+    ReplyTooLarge when the answer runs past `max_bytes`."""
 
-    roundtrip: Callable[[bytes, int], list[Any]]
+    roundtrip: Callable[[bytes, int, int], list[Any]]
 
     def __init__(self, address: RedisAddress, timeout: float) -> None:
         sock = socket.create_connection((address.host, address.port), timeout=timeout)
@@ -87,19 +98,21 @@ class _Connection:
             setup.append(auth if address.username is None else ["AUTH", address.username, address.password])
         if address.db:
             setup.append(["SELECT", address.db])
-        for reply in self.roundtrip(encode_commands(setup), len(setup)) if setup else ():
+        for reply in self.roundtrip(encode_commands(setup), len(setup), UNLIMITED) if setup else ():
             if isinstance(reply, RedisError):
                 self.close()
                 raise RedisUnavailable(f"redis refused the connection set-up: {reply}")
 
-    def _tls_roundtrip(self, request: bytes, count: int) -> list[Any]:
+    def _tls_roundtrip(self, request: bytes, count: int, max_bytes: int) -> list[Any]:
         self._sock.sendall(request)
         received: bytes | bytearray = self._receive()
-        while (replies := decode_replies(received, count)) is None:
+        while len(received) <= max_bytes:
+            if (replies := decode_replies(received, count)) is not None:
+                return replies
             if isinstance(received, bytes):
                 received = bytearray(received)  # a long reply: grow one buffer, never re-copy it whole
             received += self._receive()
-        return replies
+        raise ReplyTooLarge(f"redis answered more than the {max_bytes} bytes asked for")
 
     def _receive(self) -> bytes:
         chunk = self._sock.recv(RECEIVE_BYTES)
@@ -150,10 +163,13 @@ class RedisClient:
         self._slots: dict[int, Node] = {}
         self._lock = threading.Lock()
 
-    def send(self, request: bytes, count: int, key: Arg | None = None) -> list[Any]:
+    def send(
+        self, request: bytes, count: int, key: Arg | None = None, max_bytes: int = UNLIMITED
+    ) -> list[Any]:
         """Sends `request`, the RESP bytes of one command or of one MULTI..EXEC (`count` replies, all
         about `key`'s slot), and answers their replies; error replies come back as RedisError values
-        in place, so the caller sees which command failed.
+        in place, so the caller sees which command failed. ReplyTooLarge when the answer runs past
+        `max_bytes`: then no more of it is read, and its connection is closed.
 
         In a cluster, `MOVED` teaches the slot map and the request goes to the new owner. While a
         slot migrates, `ASK` sends it once to the importing node, after ASKING. There Redis refuses
@@ -162,11 +178,11 @@ class RedisClient:
         if key is not None and self._slots:  # the slot map is empty until a cluster redirects us
             node = self._slots.get(key_slot(key if isinstance(key, bytes) else str(key).encode()), node)
         try:
-            return self._roundtrip(node, request, count)
+            return self._roundtrip(node, request, count, max_bytes)
         except RedisRedirect as redirect:
-            return self._redirected(redirect, request, count)
+            return self._redirected(redirect, request, count, max_bytes)
 
-    def _redirected(self, redirect: RedisRedirect, request: bytes, count: int) -> list[Any]:
+    def _redirected(self, redirect: RedisRedirect, request: bytes, count: int, max_bytes: int) -> list[Any]:
         # A redirect means that node executed nothing of ours (a MULTI it answers with EXECABORT).
         for _ in range(MAX_REDIRECTS):
             kind, slot, target = str(redirect).split(" ")
@@ -174,15 +190,15 @@ class RedisClient:
             node = (host or self.address.host, int(port))
             try:
                 if kind == "ASK":
-                    return self._roundtrip(node, _ASKING + request, count + 1)[1:]
+                    return self._roundtrip(node, _ASKING + request, count + 1, max_bytes)[1:]
                 with self._lock:
                     self._slots[int(slot)] = node
-                return self._roundtrip(node, request, count)
+                return self._roundtrip(node, request, count, max_bytes)
             except RedisRedirect as again:
                 redirect = again
         raise RedisUnavailable(f"redis cluster redirected a command more than {MAX_REDIRECTS} times")
 
-    def _roundtrip(self, node: Node, request: bytes, count: int) -> list[Any]:
+    def _roundtrip(self, node: Node, request: bytes, count: int, max_bytes: int) -> list[Any]:
         # list.pop and list.append are atomic, so threads share the idle lists without a lock.
         idle = self._idle.get(node) or self._idle.setdefault(node, [])
         try:
@@ -195,9 +211,12 @@ class RedisClient:
                     dataclasses.replace(self.address, host=node[0], port=node[1]), self.timeout
                 )
             try:
-                replies = connection.roundtrip(request, count)
+                replies = connection.roundtrip(request, count, max_bytes)
             except RedisRedirect:
                 idle.append(connection)  # every reply arrived: the connection stays good
+                raise
+            except ReplyTooLarge:
+                connection.close()  # the rest of the answer is unread: the connection is out of step
                 raise
         except (OSError, ValueError) as error:
             if connection is not None:
@@ -208,9 +227,10 @@ class RedisClient:
         idle.append(connection)
         return replies
 
-    def call(self, *args: Arg) -> Any:
-        """One command (routed by its first key); an error reply raises RedisError."""
-        reply = self.send(encode_commands([args]), 1, args[1] if len(args) > 1 else None)[0]
+    def call(self, *args: Arg, max_bytes: int = UNLIMITED) -> Any:
+        """One command (routed by its first key); an error reply raises RedisError, an answer longer
+        than `max_bytes` ReplyTooLarge."""
+        reply = self.send(encode_commands([args]), 1, args[1] if len(args) > 1 else None, max_bytes)[0]
         if isinstance(reply, RedisError):
             raise reply
         return reply
@@ -236,4 +256,14 @@ class RedisClient:
                 connection.close()
 
 
-__all__ = ["Arg", "RedisAddress", "RedisClient", "RedisError", "RedisRedirect", "RedisUnavailable", "Script"]
+__all__ = [
+    "UNLIMITED",
+    "Arg",
+    "RedisAddress",
+    "RedisClient",
+    "RedisError",
+    "RedisRedirect",
+    "RedisUnavailable",
+    "ReplyTooLarge",
+    "Script",
+]

@@ -17,13 +17,24 @@ from typing import Any, Protocol
 
 from aiinfra._native import Memory
 from aiinfra.config import MemorySettings
-from aiinfra.memory.envelope import IntegrityError, key_id_of, version_bytes
+from aiinfra.memory.envelope import MAX_OVERHEAD, IntegrityError, key_id_of, version_bytes
 from aiinfra.memory.keyring import load_keyring
-from aiinfra.memory.resp import Arg, RedisClient, RedisError, RedisUnavailable, Script
+from aiinfra.memory.resp import (
+    UNLIMITED,
+    Arg,
+    RedisClient,
+    RedisError,
+    RedisUnavailable,
+    ReplyTooLarge,
+    Script,
+)
 from aiinfra.memory.schema import index_key, memory_key, memory_prefix
 
 # The index outlives every entry it lists: no entry lives longer than 30 days past its write.
 INDEX_TTL_MS = 31 * 24 * 3600 * 1000
+# What a stored value takes in an MGET's answer beyond its JSON: its envelope, RESP's `$<length>`
+# line and the closing CRLF.
+_STORED_ROOM = MAX_OVERHEAD + 32
 
 
 class Codec(Protocol):
@@ -53,6 +64,10 @@ class PreconditionFailed(Exception):
 
 class MemoryNotFound(Exception):
     pass
+
+
+class ValuesTooLarge(Exception):
+    """The memories a batch get asks for hold more JSON than its caller will take."""
 
 
 @dataclass(frozen=True)
@@ -242,13 +257,26 @@ class MemoryStore:
         self._executed(self.redis.send(request, replies, index))
         return memories
 
-    def batch_get(self, agent_id: str, keys: list[str]) -> list[Memory | None]:
+    def batch_get(
+        self, agent_id: str, keys: list[str], max_value_bytes: int = UNLIMITED
+    ) -> list[Memory | None]:
+        """The memories under `keys` (None where there is none), read in one MGET. ValuesTooLarge as
+        soon as Redis's answer runs past `max_value_bytes` plus the room the values' envelopes take:
+        they hold more JSON than that. Redis's answer is then read no further, so a batch of large
+        values never fills this function's memory."""
         prefix = memory_prefix(agent_id)
-        return self._open_many(prefix, keys, self._blobs([prefix + key.encode() for key in keys]))
+        redis_keys = [prefix + key.encode() for key in keys]
+        max_bytes = UNLIMITED if max_value_bytes == UNLIMITED else max_value_bytes + len(keys) * _STORED_ROOM
+        try:
+            blobs = self._blobs(redis_keys, max_bytes)
+        except ReplyTooLarge:
+            raise ValuesTooLarge(f"the memories asked for hold more than {max_value_bytes} bytes") from None
+        return self._open_many(prefix, keys, blobs)
 
-    def _blobs(self, redis_keys: list[bytes]) -> list[bytes | None]:
-        """What is stored under `redis_keys` (None where nothing is), in one MGET."""
-        return self._call("MGET", *redis_keys) if redis_keys else []
+    def _blobs(self, redis_keys: list[bytes], max_bytes: int = UNLIMITED) -> list[bytes | None]:
+        """What is stored under `redis_keys` (None where nothing is), in one MGET of at most
+        `max_bytes`."""
+        return self._call("MGET", *redis_keys, max_bytes=max_bytes) if redis_keys else []
 
     def rewrap(self, agent_id: str, page: int = 500) -> int:
         """Re-seals the agent's entries that an older key sealed with the current one; keeps
@@ -294,9 +322,9 @@ class MemoryStore:
                 )
         return executed
 
-    def _call(self, *args: Arg) -> Any:
+    def _call(self, *args: Arg, max_bytes: int = UNLIMITED) -> Any:
         try:
-            return self.redis.call(*args)
+            return self.redis.call(*args, max_bytes=max_bytes)
         except RedisError as error:
             raise RedisUnavailable(f"redis refused {args[0]!r}: {str(error).split(' ')[0]}") from None
 
@@ -324,5 +352,6 @@ __all__ = [
     "MemoryNotFound",
     "MemoryStore",
     "PreconditionFailed",
+    "ValuesTooLarge",
     "memory_store",
 ]
