@@ -105,6 +105,54 @@ def test_redis_down_is_503_with_retry_after_and_the_same_app_recovers(
     assert client.put(url, json={"value": 3}).status_code == 200
 
 
+def test_a_full_redis_refuses_writes_with_503_writes_nothing_and_still_reads_lists_and_deletes(
+    redis_factory: Callable[..., RedisServer], keyring_uri: str, agent: str
+) -> None:
+    server = redis_factory("--maxmemory", "4mb", "--maxmemory-policy", "noeviction")
+    settings = memory_settings_for(server.url, keyring_uri)
+    client = TestClient(memory_app(settings))
+    url = f"/agents/{agent}/memories/k"
+    assert client.put(url, json={"value": 1}).status_code == 201
+    raw = redis.Redis.from_url(server.url)
+    filled = 0
+    with pytest.raises(redis.exceptions.OutOfMemoryError):
+        while True:  # until Redis refuses even a small write
+            raw.set(f"fill:{filled}", b"x" * 500)
+            filled += 1
+    for method, path, body in [
+        ("PUT", f"/agents/{agent}/memories/new", {"value": 2}),
+        ("PUT", url, {"value": 2}),
+        (
+            "POST",
+            f"/agents/{agent}/batch-put",
+            {"items": [{"key": "b1", "value": 1}, {"key": "b2", "value": 2}]},
+        ),
+    ]:
+        response = client.request(method, path, json=body)
+        assert response.status_code == 503, (method, path, response.text)
+        assert response.headers["retry-after"] == "1"
+    created_only = client.put(
+        f"/agents/{agent}/memories/new", json={"value": 2}, headers={"if-none-match": "*"}
+    )
+    assert created_only.status_code == 503  # the script of a conditional put is refused as well
+    store = memory_store(settings)
+    for write in (
+        lambda: store.put(agent, "new", b"2", 60),
+        lambda: store.batch_put(agent, [("b1", b"1", 60), ("b2", b"2", 60)]),
+    ):
+        with pytest.raises(RedisUnavailable, match="refused a transaction: OOM"):  # the cause, not EXECABORT
+            write()
+    assert raw.zrange(index_key(agent), 0, -1) == [b"k"]  # nothing of the refused writes
+    assert not raw.exists(*(memory_key(agent, key) for key in ("new", "b1", "b2")))
+    assert client.get(url).json()["value"] == 1
+    assert client.get(f"/agents/{agent}/memories").json()["keys"] == ["k"]
+    assert client.post(f"/agents/{agent}/batch-get", json={"keys": ["k"]}).status_code == 200
+    assert client.delete(url).status_code == 204  # a delete frees memory, so Redis lets it run
+    raw.config_set("maxmemory", "64mb")  # room again: the same app writes at once
+    assert client.put(url, json={"value": 3}).status_code == 201
+    raw.close()
+
+
 def test_a_hung_redis_is_503_after_the_timeout(
     redis_factory: Callable[[], RedisServer], keyring_uri: str, agent: str
 ) -> None:

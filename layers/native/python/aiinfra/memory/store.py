@@ -314,7 +314,9 @@ class MemoryStore:
         (EXECABORT, TRYAGAIN: then nothing ran) or one of its commands."""
         executed = replies[-1]
         if not isinstance(executed, list):
-            raise RedisUnavailable(f"redis refused a transaction: {str(executed).split(' ')[0]}")
+            # EXECABORT names no cause: the command Redis refused to queue does (OOM when it is full).
+            cause = next((reply for reply in replies if isinstance(reply, RedisError)), executed)
+            raise RedisUnavailable(f"redis refused a transaction: {str(cause).split(' ')[0]}")
         for reply in executed:
             if isinstance(reply, RedisError):
                 raise RedisUnavailable(
