@@ -17,6 +17,7 @@ from aiinfra.memory.schema import index_key, memory_key
 from aiinfra.memory.store import Condition, MemoryStore, PreconditionFailed, ValuesTooLarge, memory_store
 from fastapi.testclient import TestClient
 
+from tests.support.endpoint import Endpoint
 from tests.support.memory import memory_app, memory_settings_for
 from tests.support.redis_server import RedisServer, free_port
 
@@ -151,6 +152,58 @@ def test_a_full_redis_refuses_writes_with_503_writes_nothing_and_still_reads_lis
     raw.config_set("maxmemory", "64mb")  # room again: the same app writes at once
     assert client.put(url, json={"value": 3}).status_code == 201
     raw.close()
+
+
+def _until(condition: Callable[[], object], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_after_a_failover_the_same_store_writes_to_the_new_primary(
+    redis_factory: Callable[[], RedisServer], keyring_uri: str, agent: str
+) -> None:
+    servers = [redis_factory(), redis_factory()]
+    raws = [redis.Redis(port=server.port) for server in servers]
+    raws[1].replicaof("127.0.0.1", servers[0].port)
+    endpoint = Endpoint(servers[0].port)  # the name the store is given, as ElastiCache's primary endpoint
+    store = memory_store(memory_settings_for(f"redis://127.0.0.1:{endpoint.port}/0", keyring_uri))
+    store.put(agent, "first", b"0", 600, Condition())
+    primary, written = 0, ["first"]
+
+    def fail_over(repoint: bool = True) -> None:
+        nonlocal primary
+        old, new = primary, 1 - primary
+        _until(lambda: raws[new].exists(memory_key(agent, written[-1])))  # replicated, then switched
+        raws[new].replicaof("no", "one")
+        raws[old].replicaof("127.0.0.1", servers[new].port)
+        primary = new
+        if repoint:
+            endpoint.repoint(servers[new].port)
+
+    # Redis keeps a demoted primary's clients connected: each write meets READONLY on the store's
+    # pooled connection first, and still succeeds at once, on the new primary.
+    writes: list[tuple[str, Callable[[], object]]] = [
+        ("put", lambda: store.put(agent, "put", b"1", 600, Condition())),
+        ("if-none-match", lambda: store.put(agent, "if-none-match", b"2", 600, Condition("absent"))),
+        ("batch", lambda: store.batch_put(agent, [("batch", b"3", 600), ("batch-2", b"4", 600)])),
+    ]
+    for key, write in writes:
+        fail_over()
+        write()
+        assert raws[primary].exists(memory_key(agent, key))
+        written.append(key)
+    # Before the name is repointed, a write is a 503 that writes nothing; after, it goes through.
+    fail_over(repoint=False)
+    with pytest.raises(RedisUnavailable, match="read-only replica"):
+        store.put(agent, "early", b"5", 600, Condition())
+    endpoint.repoint(servers[primary].port)
+    store.put(agent, "early", b"5", 600, Condition())
+    assert [store.get(agent, key).value_json for key in written] == [b"0", b"1", b"2", b"3"]
+    endpoint.close()
+    for raw in raws:
+        raw.close()
 
 
 def test_a_hung_redis_is_503_after_the_timeout(

@@ -351,6 +351,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.py().get_type::<memory_batch::RedisRedirect>(),
     )?;
     m.add(
+        "RedisReadOnly",
+        m.py().get_type::<memory_batch::RedisReadOnly>(),
+    )?;
+    m.add(
         "ReplyTooLarge",
         m.py().get_type::<memory_batch::ReplyTooLarge>(),
     )?;

@@ -497,6 +497,12 @@ create_exception!(
 
 create_exception!(
     _native,
+    RedisReadOnly,
+    RedisError,
+    "A node answered READONLY: a failover made it a replica, and it ran no write of the pipeline."
+);
+create_exception!(
+    _native,
     ReplyTooLarge,
     PyException,
     "Redis's answer ran past the most the caller would read: the rest is unread, so the \
@@ -597,17 +603,20 @@ fn to_python<'py>(py: Python<'py>, reply: &Reply<'_>) -> PyResult<Bound<'py, PyA
 }
 
 /// A pipeline's replies as Python values; RedisRedirect when a node sent any of them elsewhere
-/// (`MOVED` or `ASK`: in a cluster it then ran nothing of ours, a MULTI it answers with EXECABORT).
+/// (`MOVED` or `ASK`: in a cluster it then ran nothing of ours, a MULTI it answers with EXECABORT),
+/// RedisReadOnly when a node that became a replica refused a write (`READONLY`).
 fn replies_to_python<'py>(
     py: Python<'py>,
     replies: &[Reply<'_>],
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
     for reply in replies {
         if let Reply::Error(message) = reply {
+            let text = || String::from_utf8_lossy(message).into_owned();
             if message.starts_with(b"MOVED ") || message.starts_with(b"ASK ") {
-                return Err(RedisRedirect::new_err(
-                    String::from_utf8_lossy(message).into_owned(),
-                ));
+                return Err(RedisRedirect::new_err(text()));
+            }
+            if message.starts_with(b"READONLY ") {
+                return Err(RedisReadOnly::new_err(text()));
             }
         }
     }
@@ -633,7 +642,8 @@ fn parse_replies(data: &[u8], count: usize) -> PyResult<Option<Vec<Reply<'_>>>> 
 
 /// The `count` replies a pipeline gets, decoded from `buffer` (bytes, or a bytearray that grows as
 /// more arrives); None while it does not hold them all yet. Error replies become RedisError values
-/// in place, but a redirect (`MOVED`, `ASK`) raises RedisRedirect; bytes beyond the last reply, or
+/// in place, but a redirect (`MOVED`, `ASK`) raises RedisRedirect and `READONLY` RedisReadOnly;
+/// bytes beyond the last reply, or
 /// anything that is not RESP2, raise ConnectionError.
 #[pyfunction]
 pub fn decode_replies<'py>(

@@ -97,7 +97,11 @@ class RedisRedirect(RedisError):
 
 def decode_replies(buffer: bytes | bytearray, count: int) -> list[Any] | None:
     """The `count` RESP2 replies of a pipeline in `buffer`, or None while it holds only part of them;
-    error replies become RedisError values in place, but a redirect (MOVED, ASK) raises RedisRedirect."""
+    error replies become RedisError values in place, but a redirect (MOVED, ASK) raises RedisRedirect
+    and READONLY raises RedisReadOnly."""
+
+class RedisReadOnly(RedisError):
+    """A node answered READONLY: a failover made it a replica, and it ran no write of the pipeline."""
 
 class ReplyTooLarge(Exception):
     """Redis's answer ran past the most the caller would read: the rest is unread, so the connection

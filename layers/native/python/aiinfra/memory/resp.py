@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from aiinfra._native import (
     RedisError,
+    RedisReadOnly,
     RedisRedirect,
     ReplyTooLarge,
     decode_replies,
@@ -173,7 +174,8 @@ class RedisClient:
 
         In a cluster, `MOVED` teaches the slot map and the request goes to the new owner. While a
         slot migrates, `ASK` sends it once to the importing node, after ASKING. There Redis refuses
-        (TRYAGAIN) a request whose keys are not all in, so an agent's entries are never split."""
+        (TRYAGAIN) a request whose keys are not all in, so an agent's entries are never split.
+        After a failover, see `_after_failover`."""
         node = self._home
         if key is not None and self._slots:  # the slot map is empty until a cluster redirects us
             node = self._slots.get(key_slot(key if isinstance(key, bytes) else str(key).encode()), node)
@@ -181,6 +183,28 @@ class RedisClient:
             return self._roundtrip(node, request, count, max_bytes)
         except RedisRedirect as redirect:
             return self._redirected(redirect, request, count, max_bytes)
+        except RedisReadOnly:
+            return self._after_failover(node, request, count, max_bytes)
+
+    def _after_failover(self, node: Node, request: bytes, count: int, max_bytes: int) -> list[Any]:
+        """`READONLY`: a failover made the node a replica, and our pooled connections still reach it
+        (Redis keeps a demoted primary's clients connected). They are all dropped and the request,
+        of which the replica ran no write, is sent once more on a new connection: that dials the
+        endpoint again, which names the new primary once the failover is through. Until then,
+        RedisUnavailable."""
+        self._drop(node)
+        try:
+            return self._roundtrip(node, request, count, max_bytes)
+        except RedisReadOnly:
+            self._drop(node)
+            raise RedisUnavailable(
+                f"redis at {node[0]}:{node[1]} is a read-only replica: a failover is under way"
+            ) from None
+
+    def _drop(self, node: Node) -> None:
+        """Closes the idle connections to `node`; the next request there dials it again."""
+        for connection in self._idle.pop(node, []):
+            connection.close()
 
     def _redirected(self, redirect: RedisRedirect, request: bytes, count: int, max_bytes: int) -> list[Any]:
         # A redirect means that node executed nothing of ours (a MULTI it answers with EXECABORT).
@@ -217,6 +241,9 @@ class RedisClient:
                 raise
             except ReplyTooLarge:
                 connection.close()  # the rest of the answer is unread: the connection is out of step
+                raise
+            except RedisReadOnly:
+                connection.close()  # it reaches a replica: see `send`
                 raise
         except (OSError, ValueError) as error:
             if connection is not None:
@@ -262,6 +289,7 @@ __all__ = [
     "RedisAddress",
     "RedisClient",
     "RedisError",
+    "RedisReadOnly",
     "RedisRedirect",
     "RedisUnavailable",
     "ReplyTooLarge",
