@@ -643,8 +643,7 @@ fn parse_replies(data: &[u8], count: usize) -> PyResult<Option<Vec<Reply<'_>>>> 
 /// The `count` replies a pipeline gets, decoded from `buffer` (bytes, or a bytearray that grows as
 /// more arrives); None while it does not hold them all yet. Error replies become RedisError values
 /// in place, but a redirect (`MOVED`, `ASK`) raises RedisRedirect and `READONLY` RedisReadOnly;
-/// bytes beyond the last reply, or
-/// anything that is not RESP2, raise ConnectionError.
+/// bytes beyond the last reply, or anything that is not RESP2, raise ConnectionError.
 #[pyfunction]
 pub fn decode_replies<'py>(
     py: Python<'py>,
