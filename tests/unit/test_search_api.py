@@ -101,6 +101,27 @@ def test_nan_and_infinity_in_vectors_are_refused(client: Any) -> None:
     assert client.get("/indexes/docs").json()["version"] == 2
 
 
+def test_matches_whose_metadata_exceed_one_answer_are_a_400_before_the_answer_is_built(
+    search_client: SearchClient, file_store: FileStore
+) -> None:
+    client = search_client(file_store)
+    assert client.put("/indexes/wide", json={"dimension": DIM}).status_code == 201
+    metadata = {f"field{j}": "m" * 1000 for j in range(32)}  # 32.4 KB of stored JSON an item
+    for batch in range(2):  # 200 items: 6.5 MB of metadata, over the 6 MiB + 100 bytes of an answer
+        items = [dict(item, metadata=metadata) for item in _items(100, seed=batch)]
+        items = [dict(item, id=f"{batch}-{item['id']}") for item in items]
+        assert client.post("/indexes/wide/upsert", json={"items": items}).status_code == 200
+    query = {"vector": [0.1] * DIM, "k": 200, "include_metadata": True}
+    refused = client.post("/indexes/wide/query", json=query)
+    assert "ask for a smaller k" in _error(refused, 400)
+    assert (refused.json()["error"]["type"], refused.json()["error"]["param"]) == ("answer_too_large", "k")
+    fewer = client.post("/indexes/wide/query", json=query | {"k": 150})  # 4.9 MB
+    assert fewer.status_code == 200 and len(fewer.json()["matches"]) == 150
+    assert fewer.json()["matches"][0]["metadata"] == metadata
+    bare = client.post("/indexes/wide/query", json=query | {"include_metadata": False})
+    assert bare.status_code == 200 and len(bare.json()["matches"]) == 200
+
+
 def test_create_is_idempotent_for_the_same_definition(client: Any) -> None:
     again = client.put("/indexes/docs", json={"dimension": DIM})
     assert again.status_code == 200

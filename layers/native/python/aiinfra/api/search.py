@@ -17,8 +17,15 @@ from pydantic import BaseModel, Field, StringConstraints, model_validator
 from starlette.responses import Response
 
 from aiinfra import snapstart
-from aiinfra.api.app import create_app, json_response
-from aiinfra.api.errors import Conflict, InvalidRequest, NotFound, Unavailable, error_responses
+from aiinfra.api.app import MAX_ANSWER_BYTES, create_app, json_response
+from aiinfra.api.errors import (
+    AnswerTooLarge,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Unavailable,
+    error_responses,
+)
 from aiinfra.api.openapi import documented
 from aiinfra.config import ConfigError, embed_settings, search_settings
 from aiinfra.embedding.catalog import ModelCatalog, ModelFetchFailed
@@ -166,6 +173,23 @@ def _text_matrix(encode: TextEncoder, texts: list[str], dimension: int) -> np.nd
     return encode(texts)
 
 
+def _fitting(per_query: list[list[Match]], include_metadata: bool) -> None:
+    """AnswerTooLarge, before any metadata is read, when what the answer holds at least (the ids,
+    and the metadata's stored JSON when asked for) exceeds what one answer carries."""
+    least = sum(
+        len(m.id) + (m.segment.metadata_bytes(m.row) if include_metadata else 0)
+        for matches in per_query
+        for m in matches
+    )
+    if least > MAX_ANSWER_BYTES:
+        what = "ids and metadata" if include_metadata else "ids"
+        raise AnswerTooLarge(
+            f"the {sum(map(len, per_query))} matches' {what} alone are {least} bytes, more than one "
+            f"answer carries ({MAX_ANSWER_BYTES}): ask for a smaller k, fewer vectors or no metadata",
+            param="k",
+        )
+
+
 def _answer(matches: list[Match], include_metadata: bool) -> list[dict[str, Any]]:
     if include_metadata:
         return [{"id": m.id, "score": m.score, "metadata": m.segment.metadata(m.row)} for m in matches]
@@ -267,13 +291,15 @@ def router(
             queries = _matrix(request.vectors or [request.vector or []], dimension, "vector")
         queries = normalise(queries, snapshot.manifest.metric)
         found = snapshot.search(queries, request.k, program, request.nprobe, request.ef_search)
+        per_query = [found.matches(q) for q in range(len(queries))]
+        _fitting(per_query, request.include_metadata)
         body: dict[str, Any] = {"version": snapshot.manifest.version}
         if request.vectors is not None:
             body["results"] = [
-                {"matches": _answer(found.matches(q), request.include_metadata)} for q in range(len(queries))
+                {"matches": _answer(matches, request.include_metadata)} for matches in per_query
             ]
         else:
-            body["matches"] = _answer(found.matches(0), request.include_metadata)
+            body["matches"] = _answer(per_query[0], request.include_metadata)
         latency_ms = (time.perf_counter() - started) * 1e3
         metrics().add_metric(name="QueryLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
         return json_response(body)

@@ -173,6 +173,10 @@ class Segment:
                     self._rows = {item_id: row for row, item_id in enumerate(self.ids)}
         return self._rows.get(item_id)
 
+    def metadata_bytes(self, row: int) -> int:
+        """How long the row's metadata is as stored JSON, read without parsing it."""
+        return int(self.metadata_offsets[row + 1] - self.metadata_offsets[row])
+
     def metadata(self, row: int) -> dict[str, Any]:
         start, end = int(self.metadata_offsets[row]), int(self.metadata_offsets[row + 1])
         value: dict[str, Any] = orjson.loads(self.metadata_blob[start:end].tobytes())
