@@ -173,7 +173,7 @@ def _text_matrix(encode: TextEncoder, texts: list[str], dimension: int) -> np.nd
     return encode(texts)
 
 
-def _fitting(per_query: list[list[Match]], include_metadata: bool) -> None:
+def _refuse_overlong(per_query: list[list[Match]], include_metadata: bool) -> None:
     """AnswerTooLarge, before any metadata is read, when what the answer holds at least (the ids,
     and the metadata's stored JSON when asked for) exceeds what one answer carries."""
     least = sum(
@@ -292,7 +292,7 @@ def router(
         queries = normalise(queries, snapshot.manifest.metric)
         found = snapshot.search(queries, request.k, program, request.nprobe, request.ef_search)
         per_query = [found.matches(q) for q in range(len(queries))]
-        _fitting(per_query, request.include_metadata)
+        _refuse_overlong(per_query, request.include_metadata)
         body: dict[str, Any] = {"version": snapshot.manifest.version}
         if request.vectors is not None:
             body["results"] = [
