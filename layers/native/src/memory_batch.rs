@@ -726,7 +726,6 @@ fn exchange(fd: RawFd, request: &[u8], count: usize, max_bytes: usize) -> PyResu
 /// waits. OSError (TimeoutError when the kernel's timeout ran out) when the connection fails;
 /// ReplyTooLarge when the answer runs past `max_bytes`.
 #[pyfunction]
-#[pyo3(signature = (fd, request, count, max_bytes = usize::MAX))]
 pub fn roundtrip<'py>(
     py: Python<'py>,
     fd: RawFd,

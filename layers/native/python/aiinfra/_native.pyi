@@ -107,10 +107,10 @@ class ReplyTooLarge(Exception):
     """Redis's answer ran past the most the caller would read: the rest is unread, so the connection
     is out of step and must be closed."""
 
-def roundtrip(fd: int, request: bytes, count: int, max_bytes: int = ...) -> list[Any]:
+def roundtrip(fd: int, request: bytes, count: int, max_bytes: int) -> list[Any]:
     """A pipeline's round trip on the connected plain TCP socket `fd`: `request` written, its `count`
     replies read and decoded as by `decode_replies`, the GIL released while it waits; ReplyTooLarge
-    once more than `max_bytes` (default: no limit) have arrived."""
+    once more than `max_bytes` have arrived."""
 
 def key_slot(key: bytes) -> int:
     """The Redis Cluster slot of a key (CRC16 of its hash tag, mod 16384)."""
