@@ -229,9 +229,10 @@ def store_contender(store: MemoryStore, agent: str) -> dict[str, Callable[[int],
     }
 
 
-def data_plane(port: int) -> tuple[dict[str, Row], dict[str, float]]:
-    """The contenders' rows, and redis-benchmark `-c 1` SET/GET ops/s measured in the same rounds
-    (each round runs it among the contenders, so the machine's drifting load hits it alike)."""
+def data_plane(port: int) -> tuple[dict[str, Row], dict[str, float], dict[str, dict[str, float]]]:
+    """The contenders' rows; redis-benchmark `-c 1` SET/GET ops/s measured in the same rounds (each
+    round runs it among the contenders, so the machine's drifting load hits it alike); then what
+    Redis itself spends on a single put and get of ours and of redis-benchmark (`redis_work`)."""
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
     key = os.urandom(32)
@@ -260,8 +261,30 @@ def data_plane(port: int) -> tuple[dict[str, Row], dict[str, float]]:
         {"put": SINGLE_OPS, "get": SINGLE_OPS, "batch_put": BATCH_REPS, "batch_get": BATCH_REPS},
         redis_benchmark_round,
     )
+    native = contenders["aiinfra, native (Rust) codec"]
+    work = {
+        "our put": redis_work(client, lambda: [native["put"](i) for i in range(SINGLE_OPS)]),
+        "our get": redis_work(client, lambda: [native["get"](i) for i in range(SINGLE_OPS)]),
+        "redis-benchmark SET": redis_work(client, lambda: redis_benchmark(port, 1, SINGLE_OPS, "set")),
+        "redis-benchmark GET": redis_work(client, lambda: redis_benchmark(port, 1, SINGLE_OPS, "get")),
+    }
     # Equal requests per round: the whole run's ops/s is the harmonic mean of the rounds'.
-    return rows, {command: len(rates) / sum(1 / rate for rate in rates) for command, rates in rounds.items()}
+    rates = {command: len(rates) / sum(1 / rate for rate in rates) for command, rates in rounds.items()}
+    return rows, rates, work
+
+
+def redis_work(client: redis.Redis, run: Callable[[], object]) -> dict[str, float]:
+    """What Redis itself spends executing the commands of `run`'s SINGLE_OPS operations, per
+    operation: microseconds by command (`INFO commandstats`; reading and parsing the request and
+    writing the answer are not in it)."""
+    client.config_resetstat()
+    run()
+    stats = client.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): stat["usec"] / SINGLE_OPS
+        for name, stat in stats.items()
+        if name not in ("cmdstat_info", "cmdstat_config")
+    }
 
 
 def _offset(operation: Callable[[int], object], start: int, i: int) -> object:
@@ -457,6 +480,30 @@ def time_split(results: dict[str, Row]) -> str:
     return markdown_table(["contender", "put us per op", "of it CPU", "get us per op", "of it CPU"], rows)
 
 
+def put_gap(plane: dict[str, Row], work: dict[str, dict[str, float]]) -> str:
+    """Why a single put stays further below redis-benchmark than a get: what Redis itself spends on
+    each, against how much longer the ceiling's put and our put take."""
+    native, ceiling = plane["aiinfra, native (Rust) codec"], plane[CEILING]
+    put, get = work["our put"], work["our get"]
+    # EXEC's time holds the time of the commands it runs; MULTI's is its own.
+    put_us = put.get("multi", 0.0) + put["exec"]
+    ceiling_gap = 1e6 / ceiling["put"]["ops"] - 1e6 / ceiling["get"]["ops"]
+    ours_gap = 1e6 / native["put"]["ops"] - 1e6 / ceiling["put"]["ops"]
+    return (
+        f"Where a single put's extra time goes. Redis's own time executing one operation's commands "
+        f"(`INFO commandstats` over {SINGLE_OPS} more of each after the rounds; reading the request and "
+        f"writing the answer are not in it): our put {put_us:.1f} us (EXEC {put['exec']:.1f}, of it SET "
+        f"{put['set']:.1f}, ZADD {put['zadd']:.1f}, PEXPIRE {put['pexpire']:.1f}), redis-benchmark's "
+        f"SET {work['redis-benchmark SET']['set']:.1f} us; our get {get['get']:.1f} us, "
+        f"redis-benchmark's GET {work['redis-benchmark GET']['get']:.1f} us. The ceiling's put takes "
+        f"{ceiling_gap:.1f} us more than its get, of which Redis executing it takes "
+        f"{put_us - get['get']:.1f} us; the rest is sending, receiving and decoding the longer request "
+        f"and answer. Our native put takes {ours_gap:.1f} us more than the ceiling's, "
+        f"{native['put']['cpu_us'] - ceiling['put']['cpu_us']:.1f} us of it CPU time of the client "
+        "thread: sealing, the connection pool and decoding the answer are our client's work, not Redis's."
+    )
+
+
 def main() -> None:
     assert shutil.which("redis-server") and shutil.which("redis-benchmark"), "make system-tools"
     with tempfile.TemporaryDirectory() as scratch:
@@ -466,7 +513,7 @@ def main() -> None:
         try:
             # The physical limit before and after the data plane runs, their mean kept: the load drifts.
             before = redis_benchmark(port, 100, 500_000)
-            plane, c1 = data_plane(port)
+            plane, c1, work = data_plane(port)
             after = redis_benchmark(port, 100, 500_000)
             benchmark = {
                 "redis-benchmark SET/GET `-c 1`": c1,
@@ -550,9 +597,9 @@ def main() -> None:
             "## Through the Lambda handler (API Gateway HTTP API events, payload 2.0)",
             "",
             f"{HANDLER_OPS} single requests and {BATCH_REPS} batch requests each; our function checks the "
-            "JWT agents claim and writes one JSON log line (the Powertools Logger's shape and keys) plus "
-            "EMF metrics on every request; the straightforward handler has no authorization and logs "
-            "nothing.",
+            "JWT agents claim and writes one JSON log line (the Powertools Logger's shape and keys) on "
+            "every request, then flushes its EMF metrics (a request that goes well adds none); the "
+            "straightforward handler has no authorization and logs nothing.",
             "",
             table(handlers, None),
             "",
@@ -560,16 +607,16 @@ def main() -> None:
             "",
             *targets,
             "",
+            put_gap(plane, work),
+            "",
             "Both data-plane paths of ours use the same lean RESP client (a stdlib socket whose round trip "
             "is one native call; no redis-py: its import alone is ~100 ms of cold start); they differ only "
             "in the envelope codec. A put is one MULTI/EXEC (SET .. PXAT .. GET, then the index update: "
-            "ZADD, PEXPIRE), five commands for Redis where redis-benchmark sends a bare SET: that is why "
-            "the ceiling's put stays further below redis-benchmark than its get. A put with If-Match would "
-            "be one EVALSHA instead. Batches go to an agent that holds just the batch's memories. A batch "
-            "of more than one adds a long member to the agent's index first and removes it in the same "
-            "transaction, so Redis keeps a small index as a skiplist, not a listpack, where each name a "
-            "ZADD adds is a linear search (measured: ZADD of 100 names into 100, 115 us as a listpack, 11 us "
-            "as a skiplist).",
+            "ZADD, PEXPIRE); a put with If-Match would be one EVALSHA instead. Batches go to an agent "
+            "that holds just the batch's memories. A batch of more than one adds a long member to the "
+            "agent's index first and removes it in the same transaction, so Redis keeps a small index as "
+            "a skiplist, not a listpack, where each name a ZADD adds is a linear search (measured: ZADD of "
+            "100 names into 100, 115 us as a listpack, 11 us as a skiplist).",
             "",
         ]
     )

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import time
+import warnings
 from functools import cache
 from typing import Any
 
@@ -29,6 +30,9 @@ def logger() -> Logger:
 
 @cache
 def metrics() -> Metrics:
+    # Most requests add no metric of their own: Powertools would warn of that on each (a stray
+    # non-JSON line in the function's log, once per instance). Its documentation silences it so.
+    warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
     return Metrics(namespace=NAMESPACE, service=os.environ.get("POWERTOOLS_SERVICE_NAME", "aiinfra"))
 
 
