@@ -500,7 +500,8 @@ def put_gap(plane: dict[str, Row], work: dict[str, dict[str, float]]) -> str:
         f"{put_us - get['get']:.1f} us; the rest is sending, receiving and decoding the longer request "
         f"and answer. Our native put takes {ours_gap:.1f} us more than the ceiling's, "
         f"{native['put']['cpu_us'] - ceiling['put']['cpu_us']:.1f} us of it CPU time of the client "
-        "thread: sealing, the connection pool and decoding the answer are our client's work, not Redis's."
+        "thread: sealing the value, the store's and the connection pool's Python and decoding the answer "
+        "are our client's work, not Redis's."
     )
 
 
