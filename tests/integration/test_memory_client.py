@@ -94,3 +94,17 @@ def test_a_batch_of_many_turns_a_small_index_into_a_skiplist_of_its_keys_alone(
     keys = ["first", *[f"k{i:02d}" for i in range(20)]]
     assert [name.decode() for name in raw_redis.zrange(index, 0, -1)] == sorted(keys)
     assert store.list_keys(agent, "", 100, "") == (sorted(keys), None)
+
+
+def test_a_batch_the_codec_cannot_seal_is_refused_as_input_and_writes_nothing(
+    store: MemoryStore, raw_redis: redis.Redis, agent: str
+) -> None:
+    # The native put seals and sends in one call: input it refuses is the caller's error, not an
+    # unavailable Redis, and none of the batch's items lands.
+    with pytest.raises(UnicodeEncodeError):
+        store.batch_put(agent, [("fine", b"1", 600), ("\ud800", b"2", 600)])
+    with pytest.raises(OverflowError):
+        store.batch_put(agent, [("fine", b"1", 600), ("late", b"2", 2**64 // 1000)])
+    assert raw_redis.keys(f"*{agent}*") == []
+    assert store.put(agent, "fine", b"3", 600)[1] is True  # the client goes on working
+    assert store.get(agent, "fine").value_json == b"3"

@@ -36,6 +36,10 @@ def test_every_operation_reaches_the_node_that_owns_the_agent(
     assert len(agents) == 3
     store = memory_store(memory_settings_for(f"redis://127.0.0.1:{redis_cluster[0].port}/0", keyring_uri))
     for port, agent in agents.items():
+        # First a plain put, a native call that does its own round trip: a node that does not own
+        # the slot answers MOVED, and the put is sent again where it belongs.
+        assert store.put(agent, "first", b"1", 600)[1]
+        assert not store.put(agent, "first", b"2", 600)[1]
         memory, created = store.put(agent, "plan", b'{"step":1}', 600, Condition("absent"))
         assert created
         store.put(agent, "plan", b'{"step":2}', 600, Condition("match", memory.version))
@@ -47,6 +51,7 @@ def test_every_operation_reaches_the_node_that_owns_the_agent(
         store.delete(agent, "b0", Condition())
         owner = redis.Redis(port=port)
         assert owner.exists(memory_key(agent, "plan"), memory_key(agent, "b49"), index_key(agent)) == 3
+        assert store.get(agent, "first").value_json == b"2"
         assert owner.exists(memory_key(agent, "b0")) == 0
 
 

@@ -306,7 +306,9 @@ def test_rediss_url_speaks_tls_verifies_the_server_and_times_out(
         untrusted.get(agent, "k")
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # what a deployment's trust store would hold
     store = memory_store(memory_settings_for(url, keyring_uri, timeout=0.3))
-    store.put(agent, "k", b'"over tls"', 60, Condition())
+    # Python's ssl does the I/O: the put is sealed natively, then sent as any pipeline is.
+    assert store.put(agent, "k", b'"first"', 60, Condition())[1]  # created
+    assert not store.put(agent, "k", b'"over tls"', 60, Condition())[1]  # replaced
     assert store.get(agent, "k").value_json == b'"over tls"'
     server.pause()  # a hung server: the socket's timeout holds over TLS too
     started = time.monotonic()

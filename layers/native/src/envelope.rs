@@ -325,6 +325,34 @@ impl EnvelopeCodec {
         )
     }
 
+    /// `seal_batch_put` and its round trip on the connected plain TCP socket `fd`, in one call:
+    /// the memories as written and, with `answer_replaced`, whether each SET created its memory.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (fd, prefix, index_key, index_ttl_ms, now_ms, items, answer_replaced=false))]
+    fn put_on_socket<'py>(
+        &self,
+        py: Python<'py>,
+        fd: std::os::fd::RawFd,
+        prefix: &[u8],
+        index_key: &[u8],
+        index_ttl_ms: u64,
+        now_ms: u64,
+        items: Vec<memory_batch::PutItem<'py>>,
+        answer_replaced: bool,
+    ) -> PyResult<(Vec<Bound<'py, memory_batch::Memory>>, Vec<bool>)> {
+        memory_batch::put_on_socket(
+            py,
+            self,
+            fd,
+            prefix,
+            index_key,
+            index_ttl_ms,
+            now_ms,
+            items,
+            answer_replaced,
+        )
+    }
+
     /// The memories stored under `<prefix><key>` for `keys`, opened from `blobs` (None = absent,
     /// answered as None), GIL released.
     fn open_many<'py>(

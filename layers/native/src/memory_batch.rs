@@ -187,43 +187,147 @@ pub fn seal_batch_put<'py>(
     items: Vec<PutItem<'py>>,
     answer_replaced: bool,
 ) -> PyResult<SealedBatchPut<'py>> {
-    let keys = (items.iter())
-        .map(|(key, _, _)| key.to_str())
-        .collect::<PyResult<Vec<&str>>>()?;
-    let values: Vec<&[u8]> = items.iter().map(|(_, value, _)| value.as_bytes()).collect();
-    let expiries = (items.iter())
-        .map(|(_, _, ttl)| {
-            ttl.checked_mul(1000)
-                .and_then(|ttl_ms| now_ms.checked_add(ttl_ms))
-                .ok_or_else(|| pyo3::exceptions::PyOverflowError::new_err("ttl out of range"))
-        })
-        .collect::<PyResult<Vec<u64>>>()?;
-    let build = || {
-        batch_put_request(
-            codec,
-            prefix,
-            index_key,
-            index_ttl_ms,
-            &keys,
-            &expiries,
-            &values,
-            answer_replaced,
-        )
+    let put = PutRequest::seal(
+        py,
+        codec,
+        (prefix, index_key, index_ttl_ms),
+        now_ms,
+        &items,
+        answer_replaced,
+    )?;
+    let request = PyBytes::new(py, &put.bytes);
+    Ok((request, put.replies, put.memories(py, &items)?))
+}
+
+/// `seal_batch_put` and its round trip in one call, on the connected plain TCP socket `fd` (as
+/// `roundtrip`, the GIL released while it waits): answers the memories as written and, with
+/// `answer_replaced`, whether each SET created its memory (its GET answered nil; else the list is
+/// empty). RedisError naming the cause when Redis refused the transaction (EXECABORT: then nothing
+/// of it ran) or a command in it; RedisRedirect or RedisReadOnly when the node is not the one to
+/// write to (it ran nothing of it).
+#[allow(clippy::too_many_arguments)]
+pub fn put_on_socket<'py>(
+    py: Python<'py>,
+    codec: &EnvelopeCodec,
+    fd: RawFd,
+    prefix: &[u8],
+    index_key: &[u8],
+    index_ttl_ms: u64,
+    now_ms: u64,
+    items: Vec<PutItem<'py>>,
+    answer_replaced: bool,
+) -> PyResult<(Vec<Bound<'py, Memory>>, Vec<bool>)> {
+    let put = PutRequest::seal(
+        py,
+        codec,
+        (prefix, index_key, index_ttl_ms),
+        now_ms,
+        &items,
+        answer_replaced,
+    )?;
+    let received = py.detach(|| exchange(fd, &put.bytes, put.replies, usize::MAX))?;
+    let replies = parse_replies(&received, put.replies)?.expect("exchange read every reply");
+    check_routing(&replies)?;
+    let executed = match replies.last() {
+        Some(Reply::Array(executed)) => executed,
+        // EXECABORT names no cause: the command Redis refused to queue does (OOM when it is full).
+        _ => {
+            return Err(first_error(&replies)
+                .unwrap_or_else(|| protocol_error("EXEC answered neither replies nor an error")))
+        }
     };
-    let (request, replies, versions) = detached_for_many(py, items.len(), build)?;
-    let empty = PyBytes::new(py, b"").unbind();
-    let memories = (items.iter().zip(versions).zip(expiries))
-        .map(|(((key, _, _), version), expires_at_ms)| {
-            let memory = Memory {
-                key: key.clone().unbind(),
-                version,
-                expires_at_ms,
-                value_json: empty.clone_ref(py),
-            };
-            Bound::new(py, memory)
+    if let Some(error) = first_error(executed) {
+        return Err(error);
+    }
+    let created = if answer_replaced {
+        let sets = &executed[..items.len().min(executed.len())];
+        sets.iter().map(|set| matches!(set, Reply::Nil)).collect()
+    } else {
+        Vec::new()
+    };
+    Ok((put.memories(py, &items)?, created))
+}
+
+/// RedisError with the first error reply among `replies`, if there is one.
+fn first_error(replies: &[Reply<'_>]) -> Option<PyErr> {
+    replies.iter().find_map(|reply| match reply {
+        Reply::Error(message) => Some(RedisError::new_err(
+            String::from_utf8_lossy(message).into_owned(),
+        )),
+        _ => None,
+    })
+}
+
+/// A batch put sealed into its request bytes, with how many replies it gets and each memory's new
+/// version and expiry.
+struct PutRequest {
+    bytes: Vec<u8>,
+    replies: usize,
+    versions: Vec<u64>,
+    expiries: Vec<u64>,
+}
+
+impl PutRequest {
+    /// `(prefix, index_key, index_ttl_ms)`: where the agent's memories and its index live.
+    fn seal(
+        py: Python<'_>,
+        codec: &EnvelopeCodec,
+        (prefix, index_key, index_ttl_ms): (&[u8], &[u8], u64),
+        now_ms: u64,
+        items: &[PutItem<'_>],
+        answer_replaced: bool,
+    ) -> PyResult<Self> {
+        let keys = (items.iter())
+            .map(|(key, _, _)| key.to_str())
+            .collect::<PyResult<Vec<&str>>>()?;
+        let values: Vec<&[u8]> = items.iter().map(|(_, value, _)| value.as_bytes()).collect();
+        let expiries = (items.iter())
+            .map(|(_, _, ttl)| {
+                ttl.checked_mul(1000)
+                    .and_then(|ttl_ms| now_ms.checked_add(ttl_ms))
+                    .ok_or_else(|| pyo3::exceptions::PyOverflowError::new_err("ttl out of range"))
+            })
+            .collect::<PyResult<Vec<u64>>>()?;
+        let build = || {
+            batch_put_request(
+                codec,
+                prefix,
+                index_key,
+                index_ttl_ms,
+                &keys,
+                &expiries,
+                &values,
+                answer_replaced,
+            )
+        };
+        let (bytes, replies, versions) = detached_for_many(py, items.len(), build)?;
+        Ok(Self {
+            bytes,
+            replies,
+            versions,
+            expiries,
         })
-        .collect::<PyResult<Vec<_>>>()?;
-    Ok((PyBytes::new(py, &request), replies, memories))
+    }
+
+    /// The memories as written: each item's key with its new version and expiry.
+    fn memories<'py>(
+        &self,
+        py: Python<'py>,
+        items: &[PutItem<'py>],
+    ) -> PyResult<Vec<Bound<'py, Memory>>> {
+        let empty = PyBytes::new(py, b"").unbind();
+        (items.iter().zip(&self.versions).zip(&self.expiries))
+            .map(|(((key, _, _), version), expires_at_ms)| {
+                let memory = Memory {
+                    key: key.clone().unbind(),
+                    version: *version,
+                    expires_at_ms: *expires_at_ms,
+                    value_json: empty.clone_ref(py),
+                };
+                Bound::new(py, memory)
+            })
+            .collect()
+    }
 }
 
 /// `seal_batch_put`'s request bytes, reply count and versions.
@@ -609,6 +713,12 @@ fn replies_to_python<'py>(
     py: Python<'py>,
     replies: &[Reply<'_>],
 ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+    check_routing(replies)?;
+    replies.iter().map(|reply| to_python(py, reply)).collect()
+}
+
+/// RedisRedirect when a node sent any of `replies` elsewhere, RedisReadOnly when it is a replica.
+fn check_routing(replies: &[Reply<'_>]) -> PyResult<()> {
     for reply in replies {
         if let Reply::Error(message) = reply {
             let text = || String::from_utf8_lossy(message).into_owned();
@@ -620,7 +730,7 @@ fn replies_to_python<'py>(
             }
         }
     }
-    replies.iter().map(|reply| to_python(py, reply)).collect()
+    Ok(())
 }
 
 /// The `count` replies at the start of `data`, which must hold nothing else; None while incomplete.

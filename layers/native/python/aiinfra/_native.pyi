@@ -80,6 +80,20 @@ class EnvelopeCodec:
         items: list[tuple[str, bytes, int]],
         answer_replaced: bool = False,
     ) -> tuple[bytes, int, list[Memory]]: ...
+    def put_on_socket(
+        self,
+        fd: int,
+        prefix: bytes,
+        index_key: bytes,
+        index_ttl_ms: int,
+        now_ms: int,
+        items: list[tuple[str, bytes, int]],
+        answer_replaced: bool = False,
+    ) -> tuple[list[Memory], list[bool]]:
+        """`seal_batch_put` and its round trip on the connected plain TCP socket `fd` in one call (the
+        GIL released while it waits): the memories as written and, with `answer_replaced`, whether
+        each SET created its memory (else an empty list). RedisError naming the cause when Redis
+        refused the transaction or a command in it; RedisRedirect or RedisReadOnly as `roundtrip`."""
     def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]: ...
 
 INDEX_ENCODING_MEMBER: bytes

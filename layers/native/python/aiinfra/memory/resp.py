@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from aiinfra._native import (
@@ -33,6 +33,7 @@ from aiinfra._native import (
 )
 
 Arg = bytes | str | int
+T = TypeVar("T")
 RECEIVE_BYTES = 1 << 16
 UNLIMITED = sys.maxsize  # no limit on the bytes of an answer
 
@@ -70,9 +71,11 @@ class RedisAddress:
 class _Connection:
     """One connection to one node. `roundtrip(request, count, max_bytes)` sends a pipeline and
     answers its `count` replies (see `decode_replies`); OSError when the connection fails,
-    ReplyTooLarge when the answer runs past `max_bytes`."""
+    ReplyTooLarge when the answer runs past `max_bytes`. `fd` is its plain TCP socket (None over
+    TLS), for native calls that do their round trip themselves."""
 
     roundtrip: Callable[[bytes, int, int], list[Any]]
+    fd: int | None = None
 
     def __init__(self, address: RedisAddress, timeout: float) -> None:
         sock = socket.create_connection((address.host, address.port), timeout=timeout)
@@ -91,7 +94,8 @@ class _Connection:
             limit = struct.pack("ll", *divmod(round(timeout * 1e6), 1_000_000))
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
-            self.roundtrip = functools.partial(roundtrip, sock.fileno())
+            self.fd = sock.fileno()
+            self.roundtrip = functools.partial(roundtrip, self.fd)
         self._sock = sock
         setup: list[list[Arg]] = []
         if address.password is not None:
@@ -176,15 +180,35 @@ class RedisClient:
         slot migrates, `ASK` sends it once to the importing node, after ASKING. There Redis refuses
         (TRYAGAIN) a request whose keys are not all in, so an agent's entries are never split.
         After a failover, see `_after_failover`."""
-        node = self._home
-        if key is not None and self._slots:  # the slot map is empty until a cluster redirects us
-            node = self._slots.get(key_slot(key if isinstance(key, bytes) else str(key).encode()), node)
+        node = self._node(key) if self._slots else self._home
         try:
-            return self._roundtrip(node, request, count, max_bytes)
+            return self._pipeline(node, request, count, max_bytes)
         except RedisRedirect as redirect:
             return self._redirected(redirect, request, count, max_bytes)
         except RedisReadOnly:
             return self._after_failover(node, request, count, max_bytes)
+
+    def on_socket(self, key: Arg, work: Callable[..., T], *args: Any) -> T:
+        """`work(fd, *args)` on a pooled plain TCP connection to the node of `key`'s slot, `fd` its
+        socket: for a native call that writes its request and reads every reply itself, in one call
+        from Python (see `EnvelopeCodec.put_on_socket`). Not over TLS, where Python's ssl does the
+        I/O. A redirect or READONLY from `work` passes on to the caller, whose `send` then follows
+        it; the connection is kept or closed as by `send`."""
+        if self.address.tls:
+            raise ValueError("a TLS connection has no socket to hand to native code")
+        node = self._node(key) if self._slots else self._home
+        answer: T = self._on_connection(node, work, *args)
+        return answer
+
+    def _node(self, key: Arg | None) -> Node:
+        """The node that last claimed `key`'s slot (the slot map is empty until a cluster redirects us)."""
+        if key is None:
+            return self._home
+        return self._slots.get(key_slot(key if isinstance(key, bytes) else str(key).encode()), self._home)
+
+    def _pipeline(self, node: Node, request: bytes, count: int, max_bytes: int) -> list[Any]:
+        replies: list[Any] = self._on_connection(node, None, request, count, max_bytes)
+        return replies
 
     def _after_failover(self, node: Node, request: bytes, count: int, max_bytes: int) -> list[Any]:
         """`READONLY`: a failover made the node a replica, and our pooled connections still reach it
@@ -194,7 +218,7 @@ class RedisClient:
         RedisUnavailable."""
         self._drop(node)
         try:
-            return self._roundtrip(node, request, count, max_bytes)
+            return self._pipeline(node, request, count, max_bytes)
         except RedisReadOnly:
             self._drop(node)
             raise RedisUnavailable(
@@ -214,15 +238,18 @@ class RedisClient:
             node = (host or self.address.host, int(port))
             try:
                 if kind == "ASK":
-                    return self._roundtrip(node, _ASKING + request, count + 1, max_bytes)[1:]
+                    return self._pipeline(node, _ASKING + request, count + 1, max_bytes)[1:]
                 with self._lock:
                     self._slots[int(slot)] = node
-                return self._roundtrip(node, request, count, max_bytes)
+                return self._pipeline(node, request, count, max_bytes)
             except RedisRedirect as again:
                 redirect = again
         raise RedisUnavailable(f"redis cluster redirected a command more than {MAX_REDIRECTS} times")
 
-    def _roundtrip(self, node: Node, request: bytes, count: int, max_bytes: int) -> list[Any]:
+    def _on_connection(self, node: Node, native: Callable[..., Any] | None, *args: Any) -> Any:
+        """On a pooled connection to `node` (a new one when none is idle): `native(fd, *args)` on its
+        socket when given (see `on_socket`), else its `roundtrip(*args)`. The connection goes back to
+        the pool unless it broke; RedisUnavailable when it did."""
         # list.pop and list.append are atomic, so threads share the idle lists without a lock.
         idle = self._idle.get(node) or self._idle.setdefault(node, [])
         try:
@@ -235,24 +262,26 @@ class RedisClient:
                     dataclasses.replace(self.address, host=node[0], port=node[1]), self.timeout
                 )
             try:
-                replies = connection.roundtrip(request, count, max_bytes)
-            except RedisRedirect:
-                idle.append(connection)  # every reply arrived: the connection stays good
+                answer = connection.roundtrip(*args) if native is None else native(connection.fd, *args)
+            except RedisReadOnly:
+                connection.close()  # it reaches a replica: see `send`
+                raise
+            except RedisError:
+                idle.append(connection)  # a redirect or a refusal: every reply arrived, it stays good
                 raise
             except ReplyTooLarge:
                 connection.close()  # the rest of the answer is unread: the connection is out of step
                 raise
-            except RedisReadOnly:
-                connection.close()  # it reaches a replica: see `send`
-                raise
         except (OSError, ValueError) as error:
             if connection is not None:
                 connection.close()
+            if native is not None and not isinstance(error, OSError):
+                raise  # the caller's input (a key that is not UTF-8), refused before a byte went out
             raise RedisUnavailable(
                 f"redis at {node[0]}:{node[1]} is unavailable: {error.__class__.__name__}"
             ) from None
         idle.append(connection)
-        return replies
+        return answer
 
     def call(self, *args: Arg, max_bytes: int = UNLIMITED) -> Any:
         """One command (routed by its first key); an error reply raises RedisError, an answer longer
