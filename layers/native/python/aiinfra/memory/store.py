@@ -153,6 +153,11 @@ return swapped
 )
 
 
+def _refused(cause: object) -> RedisUnavailable:
+    """What a caller is told when Redis refused a transaction: the error's name (OOM, TRYAGAIN, ..)."""
+    return RedisUnavailable(f"redis refused a transaction: {str(cause).split(' ')[0]}")
+
+
 class MemoryStore:
     """One Redis, one keyring: what the memory routes and the `rewrap` command act through."""
 
@@ -263,7 +268,7 @@ class MemoryStore:
             except (RedisRedirect, RedisReadOnly):
                 pass  # that node wrote nothing: `send` below follows it, the values sealed anew
             except RedisError as error:
-                raise RedisUnavailable(f"redis refused a transaction: {str(error).split(' ')[0]}") from None
+                raise _refused(error) from None
         request, replies, memories = codec.seal_batch_put(
             prefix, index, INDEX_TTL_MS, now, items, answer_replaced
         )
@@ -334,7 +339,7 @@ class MemoryStore:
         else:
             # EXECABORT names no cause: the command Redis refused to queue does (OOM when it is full).
             cause = next((reply for reply in replies if isinstance(reply, RedisError)), executed)
-        raise RedisUnavailable(f"redis refused a transaction: {str(cause).split(' ')[0]}")
+        raise _refused(cause)
 
     def _call(self, *args: Arg, max_bytes: int = UNLIMITED) -> Any:
         try:
