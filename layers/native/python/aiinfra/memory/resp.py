@@ -180,7 +180,7 @@ class RedisClient:
         slot migrates, `ASK` sends it once to the importing node, after ASKING. There Redis refuses
         (TRYAGAIN) a request whose keys are not all in, so an agent's entries are never split.
         After a failover, see `_after_failover`."""
-        node = self._node(key) if self._slots else self._home
+        node = self._node(key)
         try:
             return self._pipeline(node, request, count, max_bytes)
         except RedisRedirect as redirect:
@@ -196,13 +196,13 @@ class RedisClient:
         it; the connection is kept or closed as by `send`."""
         if self.address.tls:
             raise ValueError("a TLS connection has no socket to hand to native code")
-        node = self._node(key) if self._slots else self._home
+        node = self._node(key)
         answer: T = self._on_connection(node, work, *args)
         return answer
 
     def _node(self, key: Arg | None) -> Node:
         """The node that last claimed `key`'s slot (the slot map is empty until a cluster redirects us)."""
-        if key is None:
+        if key is None or not self._slots:
             return self._home
         return self._slots.get(key_slot(key if isinstance(key, bytes) else str(key).encode()), self._home)
 
