@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aiinfra.api.app import create_app
-from aiinfra.api.embed import router
+from aiinfra.api.embed import create_embed_app
 from aiinfra.cli import main
 from aiinfra.embedding.catalog import ModelCatalog, ModelNotDeployed
 from fastapi.testclient import TestClient
@@ -59,7 +58,7 @@ def test_fp32_is_fetched_from_the_store_and_gives_the_same_vectors(
 
 
 def test_without_a_store_only_the_layers_models_are_served(layer_without_fp32: Path) -> None:
-    client = TestClient(create_app("embed", [router(ModelCatalog(layer_without_fp32, INT8, 1))]))
+    client = TestClient(create_embed_app(ModelCatalog(layer_without_fp32, INT8, 1)))
     assert [model["id"] for model in client.get("/v1/models").json()["data"]] == [INT8]
     refused = client.post("/v1/embeddings", json={"input": "hello", "model": FP32})
     assert refused.status_code == 404
@@ -69,7 +68,7 @@ def test_without_a_store_only_the_layers_models_are_served(layer_without_fp32: P
 
 def test_a_store_that_cannot_deliver_gives_503(s3: str, layer_without_fp32: Path, tmp_path: Path) -> None:
     catalog = ModelCatalog(layer_without_fp32, INT8, 1, f"s3://{s3}/empty", fetch_dir=tmp_path / "fetched")
-    client = TestClient(create_app("embed", [router(catalog)]))
+    client = TestClient(create_embed_app(catalog))
     answer = client.post("/v1/embeddings", json={"input": "hello", "model": FP32})
     assert answer.status_code == 503
     assert answer.headers["retry-after"] == "5"
@@ -77,15 +76,15 @@ def test_a_store_that_cannot_deliver_gives_503(s3: str, layer_without_fp32: Path
     assert not (tmp_path / "fetched" / FP32 / "model.onnx").exists()
 
 
-def test_a_preloading_catalog_has_its_default_model_when_the_router_is_made(layer_without_fp32: Path) -> None:
+def test_a_preloading_catalog_has_its_default_model_when_the_app_is_made(layer_without_fp32: Path) -> None:
     catalog = ModelCatalog(layer_without_fp32, INT8, 1).preload()
     assert catalog.preloading
-    client = TestClient(create_app("embed", [router(catalog)]))
-    assert not catalog.preloading  # the router waited for the model: it was loaded during the "init"
+    client = TestClient(create_embed_app(catalog))
+    assert not catalog.preloading  # the factory waited for the model: it was loaded during the "init"
     assert client.post("/v1/embeddings", json={"input": "hello"}).status_code == 200
 
 
 def test_a_default_model_that_fails_to_preload_fails_the_init(layer_without_fp32: Path) -> None:
     catalog = ModelCatalog(layer_without_fp32, FP32, 1).preload()  # fp32 is not in the layer, no store
     with pytest.raises(ModelNotDeployed, match="not deployed here"):
-        router(catalog)
+        create_embed_app(catalog)

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiinfra.api.app import create_app
-from aiinfra.api.search import router
+from aiinfra.api.search import create_search_app
 from aiinfra.vectors.store import IndexStore
 from fastapi.testclient import TestClient
 
@@ -32,7 +31,7 @@ def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _instance(store: IndexStore) -> TestClient:
-    return TestClient(create_app("instance", [router(store)]))
+    return TestClient(create_search_app(store))
 
 
 def _all_ids(store: IndexStore, name: str) -> set[str]:

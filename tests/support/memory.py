@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from aiinfra.api.app import create_app
-from aiinfra.api.memory import router
+from aiinfra.api.memory import create_memory_app
 from aiinfra.config import AuthSettings, MemorySettings
 from aiinfra.memory.store import MemoryStore, memory_store
 from fastapi import FastAPI
@@ -31,7 +30,7 @@ def memory_settings_for(redis_url: str, keys_uri: str, *, timeout: float = 2.0) 
 
 
 def memory_app(settings: MemorySettings, auth: AuthSettings = NO_AUTH) -> FastAPI:
-    return create_app("aiinfra memory", [router(settings=settings, auth=auth)])
+    return create_memory_app(settings=settings, auth=auth)
 
 
 @pytest.fixture(scope="session")

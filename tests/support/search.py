@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiinfra.api.app import create_app
-from aiinfra.api.search import TextEncoder, router
+from aiinfra.api.search import TextEncoder, create_search_app
 from aiinfra.vectors.store import FileStore, IndexStore, S3Store
 from fastapi.testclient import TestClient
 
@@ -54,8 +53,7 @@ def search_client() -> Iterator[SearchClient]:
     def build(
         store: IndexStore, refresh_seconds: float = 0.0, encode: TextEncoder | None = None
     ) -> TestClient:
-        app = create_app("aiinfra search", [router(store, encode=encode, refresh_seconds=refresh_seconds)])
-        client = TestClient(app)
+        client = TestClient(create_search_app(store, encode=encode, refresh_seconds=refresh_seconds))
         clients.append(client)
         return client
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from aiinfra.api.app import create_app
-from aiinfra.api.search import router
+from aiinfra.api.search import create_search_app
 from aiinfra.vectors.store import FileStore, IndexStore, S3Store
 from fastapi.testclient import TestClient
 
@@ -26,7 +25,7 @@ def open_test_store(spec: str) -> IndexStore:
 
 
 def main(spec: str, name: str, prefix: str, count: int) -> None:
-    client = TestClient(create_app("writer", [router(open_test_store(spec))]))
+    client = TestClient(create_search_app(open_test_store(spec)))
     for i in range(count):
         item = {"id": f"{prefix}-{i}", "vector": [float(i + 1), 1.0, 0.5, -1.0]}
         answer = client.post(f"/indexes/{name}/upsert", json={"items": [item]})

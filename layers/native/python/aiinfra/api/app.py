@@ -10,9 +10,11 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aiinfra.api.errors import ApiError, InvalidRequest, PayloadTooLarge
@@ -106,9 +108,10 @@ def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
     # FastAPI's native OpenTelemetry is off: Lambda traces through X-Ray, and checking for a
     # configured OTel provider costs every request a few microseconds.
     telemetry: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
-    # The routers' routes themselves, not the routers: FastAPI matches the routes of an included
-    # router twice a request (the router's, then its own), ~10 % of a memory get's instructions.
-    routes = [route for router in routers for route in router.routes]
+    # The routers' API routes themselves, not the routers: FastAPI matches the routes of an included
+    # router twice a request (the router's, then its own). An app's router also holds its OpenAPI
+    # route, which the new app makes its own of.
+    routes: list[BaseRoute] = [r for router in routers for r in router.routes if isinstance(r, APIRoute)]
     app = FastAPI(
         title=title, version="1.0.0", docs_url=None, redoc_url=None, telemetry=telemetry, routes=routes
     )

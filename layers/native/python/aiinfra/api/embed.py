@@ -88,14 +88,14 @@ class EmbeddingResponse(ResponseBody):
     usage: Usage
 
 
-class Model(BaseModel):
+class Model(ResponseBody):
     id: str
     object: Literal["model"]
     created: int
     owned_by: str
 
 
-class ModelList(BaseModel):
+class ModelList(ResponseBody):
     object: Literal["list"]
     data: list[Model]
 
@@ -115,19 +115,8 @@ def embedder(catalog: ModelCatalog, model_id: str) -> Embedder:
         raise Unavailable(str(exc), retry_after_seconds=5) from exc
 
 
-def router(catalog: ModelCatalog | None = None) -> APIRouter:
-    """The embed routes over `catalog` (built from the environment when None).
-
-    Unless the catalog is one a test made without `preload`, the default model serves the first
-    request: it is loaded before this returns, during the init.
-    """
-    if catalog is None:
-        catalog = ModelCatalog.from_settings(embed_settings()).preload()
-    if catalog.preloading:
-        catalog.wait_for_preload()
-        # Before a SnapStart snapshot: load every served model (fetching those from MODEL_STORE) and
-        # run one inference each, so restored instances start with warm sessions.
-        snapstart.before_snapshot(functools.partial(warm_up, catalog))
+def router(catalog: ModelCatalog) -> APIRouter:
+    """The embed routes over the models of `catalog`."""
     routes = APIRouter(tags=["embeddings"])
 
     @routes.post(
@@ -158,18 +147,26 @@ def router(catalog: ModelCatalog | None = None) -> APIRouter:
         emf.add_metric(name="EmbedLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
         return json_response(body)
 
-    @routes.get("/v1/models", response_model=ModelList)
-    def list_models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [
-                {"id": model_id, "object": "model", "created": 0, "owned_by": "aiinfra"}
-                for model_id in catalog.model_ids
-            ],
-        }
+    @routes.get("/v1/models", response_class=Response, responses={200: documented(ModelList)})
+    def list_models() -> Response:
+        models = [
+            {"id": model_id, "object": "model", "created": 0, "owned_by": "aiinfra"}
+            for model_id in catalog.model_ids
+        ]
+        return json_response({"object": "list", "data": models})
 
     return routes
 
 
 def create_embed_app(catalog: ModelCatalog | None = None) -> FastAPI:
+    """The embed function's app over `catalog` (from the environment when None). Unless the catalog
+    is one a test made without `preload`, its default model is loaded before this returns, during
+    the init."""
+    if catalog is None:
+        catalog = ModelCatalog.from_settings(embed_settings()).preload()
+    if catalog.preloading:
+        catalog.wait_for_preload()
+        # Before a SnapStart snapshot: load every served model (fetching those from MODEL_STORE) and
+        # run one inference each, so restored instances start with warm sessions.
+        snapstart.before_snapshot(functools.partial(warm_up, catalog))
     return create_app("aiinfra embed", [router(catalog)])

@@ -242,20 +242,8 @@ def _load_keyring_at_init(store: data.MemoryStore) -> None:
         logger().warning("memory keyring deferred to the first request", extra={"reason": str(error)})
 
 
-def router(
-    store: data.MemoryStore | None = None,
-    settings: MemorySettings | None = None,
-    auth: AuthSettings | None = None,
-) -> APIRouter:
-    """The memory routes over `store` (built from the environment when None)."""
-    settings = settings or memory_settings()
-    if store is None:
-        store = data.memory_store(settings)
-        _load_keyring_at_init(store)
-    # A snapshot must hold no live sockets: drop them before it, open fresh ones after each restore.
-    snapstart.before_snapshot(store.redis.close)
-    snapstart.after_restore(store.redis.close)
-    auth = auth or auth_settings()
+def router(store: data.MemoryStore, settings: MemorySettings, auth: AuthSettings) -> APIRouter:
+    """The memory routes over `store`."""
     routes = APIRouter(tags=["memory"])
     # Routes are async on purpose: a Redis round trip is ~30 us, far less than the worker-thread
     # hand-off a sync route costs per Lambda invocation (Mangum runs a fresh event loop each time).
@@ -356,5 +344,18 @@ def router(
     return routes
 
 
-def create_memory_app() -> FastAPI:
-    return create_app("aiinfra memory", [router()])
+def create_memory_app(
+    store: data.MemoryStore | None = None,
+    settings: MemorySettings | None = None,
+    auth: AuthSettings | None = None,
+) -> FastAPI:
+    """The memory function's app over `store` (from the settings, themselves from the environment,
+    when None): its keyring is loaded now, during the init."""
+    settings = settings or memory_settings()
+    if store is None:
+        store = data.memory_store(settings)
+        _load_keyring_at_init(store)
+    # A snapshot must hold no live sockets: drop them before it, open fresh ones after each restore.
+    snapstart.before_snapshot(store.redis.close)
+    snapstart.after_restore(store.redis.close)
+    return create_app("aiinfra memory", [router(store, settings, auth or auth_settings())])

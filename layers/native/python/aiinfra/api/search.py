@@ -6,8 +6,9 @@ squared Euclidean distance for `l2` (lower is better); matches come best first.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -26,12 +27,13 @@ from aiinfra.api.errors import (
     Unavailable,
     error_responses,
 )
-from aiinfra.api.openapi import documented
+from aiinfra.api.openapi import ResponseBody, documented
 from aiinfra.config import ConfigError, embed_settings, search_settings
 from aiinfra.embedding.catalog import ModelCatalog, ModelFetchFailed
-from aiinfra.observability import MetricUnit, metrics
+from aiinfra.observability import MetricUnit, logger, metrics
+from aiinfra.vectors.errors import IndexConflict, IndexNotFound, IndexUnavailable, InvalidIndexInput
 from aiinfra.vectors.filter import FilterError, compile_filter
-from aiinfra.vectors.manifest import Metric
+from aiinfra.vectors.manifest import INDEX_NAME_PATTERN, Metric
 from aiinfra.vectors.reader import IndexRegistry, IndexSnapshot, Match
 from aiinfra.vectors.store import IndexStore, open_store
 from aiinfra.vectors.writer import IndexWriter, normalise
@@ -45,7 +47,10 @@ TEXT_DIMENSION = 384
 TextEncoder = Callable[[list[str]], np.ndarray]
 
 IndexName = Annotated[
-    str, PathParam(pattern=r"^[a-z0-9-]{1,64}$", description="Lower-case letters, digits and dashes.")
+    str,
+    PathParam(
+        pattern=INDEX_NAME_PATTERN, description="`[a-z0-9-]{1,64}`: lower-case letters, digits, dashes."
+    ),
 ]
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00-\x1f]+$")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -66,7 +71,7 @@ class CreateIndex(BaseModel):
     )
 
 
-class IndexInfo(BaseModel):
+class IndexInfo(ResponseBody):
     name: str
     dimension: int
     metric: Metric
@@ -97,7 +102,7 @@ class DeleteRequest(BaseModel):
     ids: list[ItemId] = Field(min_length=1, max_length=MAX_ITEMS)
 
 
-class WriteResult(BaseModel):
+class WriteResult(ResponseBody):
     count: int
     version: int
 
@@ -119,17 +124,17 @@ class QueryRequest(BaseModel):
         return self
 
 
-class QueryMatch(BaseModel):
+class QueryMatch(ResponseBody):
     id: str
     score: float
     metadata: dict[str, Any] | None = None
 
 
-class QueryResult(BaseModel):
+class QueryResult(ResponseBody):
     matches: list[QueryMatch]
 
 
-class QueryResponse(BaseModel):
+class QueryResponse(ResponseBody):
     matches: list[QueryMatch] | None = Field(default=None, description="For `vector` and `text`.")
     results: list[QueryResult] | None = Field(default=None, description="For `vectors`, one per query.")
     version: int
@@ -209,19 +214,26 @@ def _info(snapshot: IndexSnapshot) -> dict[str, Any]:
     }
 
 
-def router(
-    store: IndexStore | None = None, encode: TextEncoder | None = None, refresh_seconds: float = 0.0
-) -> APIRouter:
-    """The search routes over `store` (built from the environment when None, then every index preloaded)."""
-    if store is None:
-        settings = search_settings()
-        store, refresh_seconds = open_store(settings.index_store), settings.refresh_seconds
-    registry = IndexRegistry(store, refresh_seconds)
-    registry.preload()
-    snapstart.after_restore(registry.preload)  # restored copies re-read what changed since the snapshot
-    writer = IndexWriter(store, registry)
-    encode = encode or lazy_text_encoder()
+@contextlib.contextmanager
+def _index_faults() -> Iterator[None]:
+    """Maps the index's outcomes to API errors; the store's own detail goes to the log only."""
+    try:
+        yield
+    except IndexNotFound as error:
+        raise NotFound(str(error), param="name") from None
+    except IndexConflict as error:
+        raise Conflict(str(error)) from None
+    except InvalidIndexInput as error:
+        raise InvalidRequest(str(error), param=error.param) from None
+    except IndexUnavailable as error:
+        logger().warning("index store unavailable", extra={"reason": error.detail})
+        raise Unavailable(str(error), retry_after_seconds=error.retry_after_seconds) from None
+
+
+def router(registry: IndexRegistry, writer: IndexWriter, encode: TextEncoder) -> APIRouter:
+    """The search routes over the indexes `registry` reads and `writer` writes."""
     routes = APIRouter(tags=["search"])
+    errors = error_responses(NotFound, Unavailable)
 
     def items_matrix(name: str, items: list[Item]) -> np.ndarray:
         dimension = writer.manifest(name)[0].dimension
@@ -238,53 +250,61 @@ def router(
 
     @routes.put(
         "/indexes/{name}",
-        response_model=IndexInfo,
         status_code=201,
-        responses={200: documented(IndexInfo), **error_responses(Conflict, Unavailable)},
+        response_class=Response,
+        responses={
+            200: documented(IndexInfo),
+            201: documented(IndexInfo),
+            **error_responses(Conflict, Unavailable),
+        },
     )
     def create_index(name: IndexName, request: CreateIndex) -> Response:
-        _, created = writer.create(name, request.dimension, request.metric, request.factory)
-        return json_response(_info(registry.snapshot(name)), 201 if created else 200)
+        with _index_faults():
+            _, created = writer.create(name, request.dimension, request.metric, request.factory)
+            return json_response(_info(registry.snapshot(name)), 201 if created else 200)
 
-    @routes.get("/indexes/{name}", response_model=IndexInfo, responses=error_responses(NotFound, Unavailable))
+    @routes.get("/indexes/{name}", response_class=Response, responses={200: documented(IndexInfo), **errors})
     def describe_index(name: IndexName) -> Response:
-        return json_response(_info(registry.snapshot(name)))
+        with _index_faults():
+            return json_response(_info(registry.snapshot(name)))
 
-    @routes.delete("/indexes/{name}", status_code=204, responses=error_responses(NotFound, Unavailable))
+    @routes.delete("/indexes/{name}", status_code=204, response_class=Response, responses=errors)
     def drop_index(name: IndexName) -> Response:
-        writer.drop(name)
+        with _index_faults():
+            writer.drop(name)
         return Response(status_code=204)
 
     @routes.post(
-        "/indexes/{name}/upsert", response_model=WriteResult, responses=error_responses(NotFound, Unavailable)
+        "/indexes/{name}/upsert", response_class=Response, responses={200: documented(WriteResult), **errors}
     )
     def upsert(name: IndexName, request: UpsertRequest) -> Response:
-        vectors = items_matrix(name, request.items)
         ids = [item.id for item in request.items]
-        manifest = writer.upsert(name, ids, vectors, [item.metadata for item in request.items])
+        with _index_faults():
+            vectors = items_matrix(name, request.items)
+            manifest = writer.upsert(name, ids, vectors, [item.metadata for item in request.items])
         metrics().add_metric(name="UpsertedItems", unit=MetricUnit.Count, value=len(ids))
         return json_response({"count": len(ids), "version": manifest.version})
 
     @routes.post(
-        "/indexes/{name}/delete", response_model=WriteResult, responses=error_responses(NotFound, Unavailable)
+        "/indexes/{name}/delete", response_class=Response, responses={200: documented(WriteResult), **errors}
     )
     def delete(name: IndexName, request: DeleteRequest) -> Response:
-        manifest = writer.delete(name, request.ids)
+        with _index_faults():
+            manifest = writer.delete(name, request.ids)
         return json_response({"count": len(request.ids), "version": manifest.version})
 
     @routes.post(
-        "/indexes/{name}/query",
-        response_model=QueryResponse,
-        responses=error_responses(NotFound, Unavailable),
+        "/indexes/{name}/query", response_class=Response, responses={200: documented(QueryResponse), **errors}
     )
     def query(name: IndexName, request: QueryRequest) -> Response:
         started = time.perf_counter()
-        snapshot = registry.snapshot(name)
-        dimension = snapshot.manifest.dimension
         try:
             program = compile_filter(request.filter) if request.filter is not None else None
         except FilterError as exc:
             raise InvalidRequest(str(exc), param="filter") from None
+        with _index_faults():
+            snapshot = registry.snapshot(name)
+        dimension = snapshot.manifest.dimension
         if request.text is not None:
             queries = _text_matrix(encode, [request.text], dimension)
         else:
@@ -306,15 +326,27 @@ def router(
 
     @routes.post(
         "/indexes/{name}/compact",
-        response_model=IndexInfo,
-        responses=error_responses(NotFound, Conflict, Unavailable),
+        response_class=Response,
+        responses={200: documented(IndexInfo), **error_responses(NotFound, Conflict, Unavailable)},
     )
     def compact(name: IndexName) -> Response:
-        writer.compact(name)
-        return json_response(_info(registry.snapshot(name)))
+        with _index_faults():
+            writer.compact(name)
+            return json_response(_info(registry.snapshot(name)))
 
     return routes
 
 
-def create_search_app() -> FastAPI:
-    return create_app("aiinfra search", [router()])
+def create_search_app(
+    store: IndexStore | None = None, encode: TextEncoder | None = None, refresh_seconds: float = 0.0
+) -> FastAPI:
+    """The search function's app over `store` (from the environment when None). Every index in the
+    store is loaded now, during the init, and re-checked after each SnapStart restore."""
+    if store is None:
+        settings = search_settings()
+        store, refresh_seconds = open_store(settings.index_store), settings.refresh_seconds
+    registry = IndexRegistry(store, refresh_seconds)
+    registry.preload()
+    snapstart.after_restore(registry.preload)  # restored copies re-read what changed since the snapshot
+    writer = IndexWriter(store, registry)
+    return create_app("aiinfra search", [router(registry, writer, encode or lazy_text_encoder())])

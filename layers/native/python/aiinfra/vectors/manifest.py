@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -10,7 +9,8 @@ import orjson
 
 Metric = Literal["cosine", "ip", "l2"]
 METRICS: tuple[Metric, ...] = ("cosine", "ip", "l2")
-INDEX_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
+# What an index may be named: the routes' path parameter and the store's folder names.
+INDEX_NAME_PATTERN = r"^[a-z0-9-]{1,64}$"
 
 
 class CorruptManifest(Exception):

@@ -17,8 +17,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from aiinfra.api.errors import NotFound, Unavailable
 from aiinfra.observability import logger
+from aiinfra.vectors.errors import IndexNotFound, IndexUnavailable, detail_of
 from aiinfra.vectors.filter import Instruction
 from aiinfra.vectors.manifest import CorruptManifest, IndexManifest
 from aiinfra.vectors.segment import CorruptSegment, Segment, read_segment
@@ -254,7 +254,7 @@ class IndexReader:
         if self.clock() - self._checked_at >= self.refresh_seconds:
             self.refresh()
         if self._snapshot is None:
-            raise NotFound(f"index {self.name!r} does not exist")
+            raise IndexNotFound(f"index {self.name!r} does not exist")
         return self._snapshot
 
     def refresh(self) -> None:
@@ -266,7 +266,7 @@ class IndexReader:
             for _ in range(3):  # a compaction may remove segments of the manifest just read: read again
                 try:
                     found = self.store.read_manifest(self.name)
-                except Unavailable as exc:  # the store is down: keep answering from the last good version
+                except IndexUnavailable as exc:  # the store is down: keep answering from the last version
                     self._checked_at = started
                     self._refuse(exc)
                     return
@@ -296,9 +296,10 @@ class IndexReader:
                 self._refuse(exc)
 
     def _refuse(self, problem: Exception) -> None:
-        logger().error("index version refused", extra={"index": self.name, "problem": str(problem)})
+        detail = detail_of(problem)
+        logger().error("index version refused", extra={"index": self.name, "problem": detail})
         if self._snapshot is None:
-            raise Unavailable(f"index {self.name!r} cannot be loaded: {problem}")
+            raise IndexUnavailable(f"index {self.name!r} cannot be loaded now, retry shortly", detail=detail)
 
     def _install(self, manifest: IndexManifest) -> None:
         current = self._snapshot
@@ -355,5 +356,5 @@ class IndexRegistry:
         for name in self.store.list_indexes():
             try:
                 self.snapshot(name)
-            except (NotFound, Unavailable) as exc:
-                logger().warning("index not preloaded", extra={"index": name, "problem": exc.message})
+            except (IndexNotFound, IndexUnavailable) as exc:
+                logger().warning("index not preloaded", extra={"index": name, "problem": detail_of(exc)})

@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiinfra.api.errors import Unavailable
+from aiinfra.vectors.errors import IndexUnavailable
 
 MANIFEST = "manifest.json"
+UNAVAILABLE = "the index store is unavailable, retry shortly"
 
 
 class ManifestConflict(Exception):
@@ -179,9 +180,10 @@ class S3Store:
             error = exc.response.get("Error", {})
             if error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
                 raise ManifestConflict(action) from exc
-            raise Unavailable(f"S3 {action} failed: {error.get('Code')} {error.get('Message', '')}") from exc
+            detail = f"S3 {action} failed: {error.get('Code')} {error.get('Message', '')}"
+            raise IndexUnavailable(UNAVAILABLE, detail=detail) from exc
         except BotoCoreError as exc:
-            raise Unavailable(f"S3 {action} failed: {exc}") from exc
+            raise IndexUnavailable(UNAVAILABLE, detail=f"S3 {action} failed: {exc}") from exc
 
     def read_manifest(self, name: str) -> tuple[bytes, str] | None:
         with self._s3("read manifest"):

@@ -18,8 +18,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from aiinfra.api.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from aiinfra.observability import logger
+from aiinfra.vectors.errors import IndexConflict, IndexNotFound, IndexUnavailable, InvalidIndexInput
 from aiinfra.vectors.manifest import IndexManifest, Metric, SegmentRef
 from aiinfra.vectors.reader import IndexRegistry, IndexSnapshot
 from aiinfra.vectors.segment import faiss_metric, stored_factory, write_segment
@@ -44,18 +44,19 @@ def normalise(vectors: np.ndarray, metric: Metric) -> np.ndarray:
 
 
 def factory_index(dimension: int, metric: Metric, factory: str) -> faiss.Index:
-    """The empty index a factory string describes; InvalidRequest when FAISS refuses it."""
+    """The empty index a factory string describes; InvalidIndexInput when FAISS refuses it."""
     if any(int(number) > MAX_FACTORY_NUMBER for number in re.findall(r"\d+", factory)):
-        raise InvalidRequest(f"factory: numbers above {MAX_FACTORY_NUMBER} are refused", param="factory")
+        raise InvalidIndexInput(f"factory: numbers above {MAX_FACTORY_NUMBER} are refused", param="factory")
     if "IDMap" in factory:
-        raise InvalidRequest(
+        raise InvalidIndexInput(
             "factory: IDMap is not allowed (the index maps its own string ids)", param="factory"
         )
     try:
         return faiss.index_factory(dimension, factory, faiss_metric(metric))
     except RuntimeError as exc:
         reason = re.sub(r"^Error in .*? at \S+:\d+: (Error: )?", "", str(exc).strip().splitlines()[0])
-        raise InvalidRequest(f"factory: {factory!r} is not a valid FAISS factory string ({reason})") from None
+        message = f"factory: {factory!r} is not a valid FAISS factory string ({reason})"
+        raise InvalidIndexInput(message, param="factory") from None
 
 
 class IndexWriter:
@@ -69,7 +70,7 @@ class IndexWriter:
     def manifest(self, name: str) -> tuple[IndexManifest, str]:
         found = self.store.read_manifest(name)
         if found is None:
-            raise NotFound(f"index {name!r} does not exist")
+            raise IndexNotFound(f"index {name!r} does not exist")
         return IndexManifest.from_json(found[0]), found[1]
 
     def create(self, name: str, dimension: int, metric: Metric, factory: str) -> tuple[IndexManifest, bool]:
@@ -81,7 +82,7 @@ class IndexWriter:
         except ManifestConflict:
             existing, _ = self.manifest(name)
             if not existing.same_definition(manifest):
-                raise Conflict(
+                raise IndexConflict(
                     f"index {name!r} exists with dimension {existing.dimension}, metric {existing.metric}, "
                     f"factory {existing.factory!r}"
                 ) from None
@@ -101,7 +102,7 @@ class IndexWriter:
         """Add or replace items (a repeated id in one call: the last one wins)."""
         manifest, _ = self.manifest(name)
         if vectors.shape[1] != manifest.dimension:
-            raise InvalidRequest(
+            raise InvalidIndexInput(
                 f"vectors have dimension {vectors.shape[1]}, index {name!r} has {manifest.dimension}"
             )
         last = {item_id: i for i, item_id in enumerate(ids)}
@@ -140,7 +141,7 @@ class IndexWriter:
 
         def replace_folded(current: IndexManifest, ref: SegmentRef) -> IndexManifest:
             if current.incarnation != manifest.incarnation or current.segments[: len(base)] != base:
-                raise Conflict(f"index {name!r} was compacted or re-created meanwhile; nothing changed")
+                raise IndexConflict(f"index {name!r} was compacted or re-created meanwhile; nothing changed")
             return current.with_segments((ref, *current.segments[len(base) :]))
 
         updated = self._add_segment(name, build, replace_folded)
@@ -188,7 +189,10 @@ class IndexWriter:
                 return updated
             except ManifestConflict:
                 time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))  # jitter spreads racing writers
-        raise Unavailable(f"index {name!r} is too busy: {MAX_SWAP_ATTEMPTS} conflicting writes in a row")
+        raise IndexUnavailable(
+            f"index {name!r} is too busy, retry shortly",
+            detail=f"{MAX_SWAP_ATTEMPTS} conflicting manifest writes in a row",
+        )
 
 
 def _live_items(snapshot: IndexSnapshot) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
