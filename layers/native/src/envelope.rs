@@ -9,10 +9,8 @@ use std::collections::HashMap;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::types::{PyBytes, PyDict};
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
-
-use crate::memory_batch;
 
 pub const FORMAT: u8 = 1;
 pub const NONCE_LEN: usize = 12;
@@ -273,123 +271,10 @@ impl EnvelopeCodec {
             PyBytes::new(py, &opened.plaintext),
         ))
     }
-
-    /// `seal` for many `(redis_key, version, expires_at_ms, plaintext)` items, GIL released.
-    fn seal_many<'py>(
-        &self,
-        py: Python<'py>,
-        items: Vec<memory_batch::SealItem<'py>>,
-    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        memory_batch::seal_many(py, self, items)
-    }
-
-    /// One command's RESP bytes: the `head` arguments, a new envelope of `plaintext` for `redis_key`
-    /// (fresh version and nonce), then the `tail` arguments; and the new version.
-    fn seal_command<'py>(
-        &self,
-        py: Python<'py>,
-        head: Vec<Bound<'py, PyAny>>,
-        redis_key: &[u8],
-        expires_at_ms: u64,
-        plaintext: &[u8],
-        tail: Vec<Bound<'py, PyAny>>,
-    ) -> PyResult<(Bound<'py, PyBytes>, u64)> {
-        memory_batch::seal_command(py, self, head, redis_key, expires_at_ms, plaintext, tail)
-    }
-
-    /// The RESP bytes of an atomic batch put (MULTI, a `SET .. PXAT` per memory, ending in `GET`
-    /// with `answer_replaced`, the index update, EXEC) of `(key, value_json, ttl_seconds)` items,
-    /// how many replies it gets, and the memories as written (expiring `ttl` seconds after
-    /// `now_ms`, each a new version).
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (prefix, index_key, index_ttl_ms, now_ms, items, answer_replaced=false))]
-    fn seal_batch_put<'py>(
-        &self,
-        py: Python<'py>,
-        prefix: &[u8],
-        index_key: &[u8],
-        index_ttl_ms: u64,
-        now_ms: u64,
-        items: Vec<memory_batch::PutItem<'py>>,
-        answer_replaced: bool,
-    ) -> PyResult<memory_batch::SealedBatchPut<'py>> {
-        memory_batch::seal_batch_put(
-            py,
-            self,
-            prefix,
-            index_key,
-            index_ttl_ms,
-            now_ms,
-            items,
-            answer_replaced,
-        )
-    }
-
-    /// `seal_batch_put` and its round trip on the connected plain TCP socket `fd`, in one call:
-    /// the memories as written and, with `answer_replaced`, whether each SET created its memory.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (fd, prefix, index_key, index_ttl_ms, now_ms, items, answer_replaced=false))]
-    fn put_on_socket<'py>(
-        &self,
-        py: Python<'py>,
-        fd: std::os::fd::RawFd,
-        prefix: &[u8],
-        index_key: &[u8],
-        index_ttl_ms: u64,
-        now_ms: u64,
-        items: Vec<memory_batch::PutItem<'py>>,
-        answer_replaced: bool,
-    ) -> PyResult<(Vec<Bound<'py, memory_batch::Memory>>, Vec<bool>)> {
-        memory_batch::put_on_socket(
-            py,
-            self,
-            fd,
-            prefix,
-            index_key,
-            index_ttl_ms,
-            now_ms,
-            items,
-            answer_replaced,
-        )
-    }
-
-    /// The memories stored under `<prefix><key>` for `keys`, opened from `blobs` (None = absent,
-    /// answered as None), GIL released.
-    fn open_many<'py>(
-        &self,
-        py: Python<'py>,
-        prefix: &[u8],
-        keys: Vec<Bound<'py, PyString>>,
-        blobs: Vec<Option<Bound<'py, PyBytes>>>,
-    ) -> PyResult<Vec<Option<Bound<'py, memory_batch::Memory>>>> {
-        memory_batch::open_many(py, self, prefix, keys, blobs)
-    }
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EnvelopeCodec>()?;
-    m.add_class::<memory_batch::Memory>()?;
-    m.add_function(wrap_pyfunction!(memory_batch::encode_commands, m)?)?;
-    m.add_function(wrap_pyfunction!(memory_batch::key_slot, m)?)?;
-    m.add_function(wrap_pyfunction!(memory_batch::decode_replies, m)?)?;
-    m.add_function(wrap_pyfunction!(memory_batch::roundtrip, m)?)?;
-    m.add("RedisError", m.py().get_type::<memory_batch::RedisError>())?;
-    m.add(
-        "RedisRedirect",
-        m.py().get_type::<memory_batch::RedisRedirect>(),
-    )?;
-    m.add(
-        "RedisReadOnly",
-        m.py().get_type::<memory_batch::RedisReadOnly>(),
-    )?;
-    m.add(
-        "ReplyTooLarge",
-        m.py().get_type::<memory_batch::ReplyTooLarge>(),
-    )?;
     m.add("IntegrityError", m.py().get_type::<IntegrityError>())?;
-    m.add(
-        "INDEX_ENCODING_MEMBER",
-        PyBytes::new(m.py(), memory_batch::INDEX_ENCODING_MEMBER),
-    )?;
     Ok(())
 }

@@ -98,7 +98,7 @@ class EnvelopeCodec:
 
 INDEX_ENCODING_MEMBER: bytes
 """Added first to an agent's index by a batch put of many, and removed in the same transaction: it
-turns a small index from a Redis listpack into a skiplist (see memory_batch.rs)."""
+turns a small index from a Redis listpack into a skiplist (see batch.rs)."""
 
 def encode_commands(commands: Sequence[Sequence[bytes | str | int]]) -> bytes:
     """The RESP2 request bytes of a pipeline of Redis commands."""
