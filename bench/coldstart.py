@@ -29,7 +29,7 @@ from tests.support.rie import REPO_ROOT, LambdaEmulator, Report, Runtime, lambda
 
 INDEX_VECTORS = 100_000
 INDEX_CACHE = REPO_ROOT / "build" / "bench" / "coldstart-index"
-# Init Duration medians this machine must meet (issue 5), and the share of the PyTorch baseline.
+# Init Duration medians this machine must meet, and the share of the PyTorch baseline.
 TARGET_INIT_MS = {"embed": 600.0, "search": 500.0, "memory": 350.0}
 BASELINE_SHARE = 0.1
 BASELINE_LABEL = "python3.11, .venv-bench"

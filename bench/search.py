@@ -326,7 +326,7 @@ def at_recall(rows: list[dict[str, Any]], target: float) -> str:
 
 
 def targets(rows: list[dict[str, Any]], recall: float) -> str:
-    """The issue's targets at 1M vectors, judged on this run's rows."""
+    """The targets at 1M vectors, judged on this run's rows."""
     ours = [r for r in rows if r["name"].startswith("aiinfra")]
     unfiltered = [r for r in ours if "filter" not in r["setting"] and r["recall"] >= recall]
     baselines = [r for r in rows if r not in ours and r["recall"] >= recall]

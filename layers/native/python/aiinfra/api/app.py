@@ -26,7 +26,7 @@ def _no_pydantic_v1(annotation: Any) -> bool:
 
 
 # FastAPI probes every parameter and response field it declares for a pydantic.v1 model (to refuse
-# it) by importing pydantic.v1: 30-45 ms of every function's init where pydantic.v1 is installed, one
+# it) by importing pydantic.v1: a cost in every function's init where pydantic.v1 is installed, one
 # failed import per field where it is not (the layer strips it). None of our models is v1, so our
 # routes skip the probe. Drop this once FastAPI stops probing (planned with pydantic.v1's removal).
 fastapi.utils.annotation_is_pydantic_v1 = _no_pydantic_v1  # type: ignore[attr-defined]

@@ -1,8 +1,8 @@
 """Response bodies the OpenAPI document names by reference, their schemas built when it is asked for.
 
 FastAPI builds a validator (a pydantic TypeAdapter) for every `{"model": ...}` entry of a route's
-`responses=` when the route is declared, though it only ever documents them: ~1 ms each on this
-machine, over 50 for the memory routes' error statuses alone. `documented(Model)` documents the
+`responses=` when the route is declared, though it only ever documents them: dozens for the memory
+routes' error statuses alone, all paid in the init. `documented(Model)` documents the
 same body by a `$ref` instead, and `add_documented_schemas` adds the schemas the document refers to
 when `/openapi.json` is first served: the function's init no longer pays for its documentation.
 """

@@ -84,12 +84,10 @@ def _session_options(intra_op_threads: int | None) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # The arena stays on: without it every buffer is a fresh mmap, 30% slower with a higher
-    # peak RSS; SUB_BATCH_TOKENS bounds the largest run, and so what the arena can hold.
+    # The arena stays on: without it every buffer is a fresh mmap, slower and with a higher peak
+    # RSS; SUB_BATCH_TOKENS bounds the largest run, and so what the arena can hold.
     options.enable_cpu_mem_arena = True
     # Idle intra-op threads sleep instead of spinning: a spinning thread takes the core from a
-    # concurrent request's (or, under Lambda's fractional vCPUs, from its own) work. Measured on a
-    # 2-vCPU AVX2 host, interleaved runs of 32-text requests: int8 +24 % with two concurrent clients
-    # and +8 % with one, fp32 +9 % / -3 %.
+    # concurrent request's (or, under Lambda's fractional vCPUs, from its own) work (docs/embed.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options

@@ -7,24 +7,18 @@ Every MatMul with a constant weight W (shared input: Q, K and V quantize it once
 
 - Scales are per token, computed in the graph: a text's vector does not depend on the
   other texts of its batch. Plain `quantize_dynamic` takes one scale over the whole batch
-  tensor, padding included (batch-invariance cosine 0.988 on the fixtures, vs 1.000000).
+  tensor, padding included, so a text's vector would change with its batch-mates.
 - s is SmoothQuant (alpha 0.5): BERT's outlier channels (up to 30x the median after
   attention.output.LayerNorm) move from the activations into the weights.
 - GELU outputs are >= -0.17: shifted by +0.17 they use all 256 uint8 levels instead of
   128; the shift's constant contribution is subtracted from the layer's bias.
-- The word-embedding table is int8 with one scale per row (58 MB -> 23 MB on disk).
+- The word-embedding table is int8 with one scale per row.
+- Weights take 7 bits (|w| <= 64, WEIGHT_LEVELS). With all 8, a CPU without VNNI (AVX2 only)
+  saturates int16 pair sums inside onnxruntime's kernel and computes other vectors than one with
+  VNNI; with 7 bits nothing saturates, on any CPU.
 
-Measured on the fixtures (min/mean cosine to the reference, STS-B Spearman x100), every
-MatMul in int8: per-token only 0.994/0.997/81.76; + SmoothQuant 0.996/0.999/82.03;
-+ GELU shift 0.998/0.999/81.96 (on an earlier host with AVX512-VNNI); quantize_dynamic 0.923/0.969/81.74.
-- Weights take 7 bits (|w| <= 64, WEIGHT_LEVELS). With all 8, a CPU without VNNI (AVX2 only,
-  as on an AMD EPYC Milan host) saturates int16 pair sums inside onnxruntime's kernel: the same
-  graph measured 0.990/0.995/81.86 there. With 7 bits nothing saturates, on any CPU: this graph
-  measured 0.997/0.998/81.93 on that host.
-On one core this graph runs 2.2x the fp32 one and 1.15x quantize_dynamic's (the row-scale
-ops cost ~14% of its time); on two, through Embedder, 1450 vs 780 texts/s. MatMulNBits
-(8 bits, blocks of 32, int8 compute) is as accurate and batch-invariant too, but only
-1.15x fp32; with blocks of 128 it is not invariant.
+What each step gained in accuracy and speed, and the alternatives tried (quantize_dynamic,
+MatMulNBits), is in docs/embed.md; the current figures in docs/benchmarks/embed.md.
 """
 
 from __future__ import annotations

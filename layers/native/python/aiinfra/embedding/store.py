@@ -1,6 +1,6 @@
 """Model files kept in S3 (`MODEL_STORE`) for models too large to ship in the layer.
 
-Lambda caps a function plus its layers at 250 MB unzipped; the fp32 graph (90 MB) does not fit
+Lambda caps a function plus its layers at 250 MB unzipped; the fp32 graph does not fit
 beside the native libraries, so the function fetches it during init (SnapStart snapshots it).
 """
 

@@ -34,7 +34,7 @@ def stored_factory(factory: str) -> str:
     """The factory of what index.faiss holds. FAISS's `,RFlat` suffix re-ranks the candidates of a
     compressed index (`HNSW32,SQ8`, `IVF…,PQ…`) with exact distances from a second, full copy of every
     vector; vectors.faiss already is that copy, so the suffix is left out of the stored index and
-    `read_segment` puts the re-ranking back over vectors.faiss (1.5 GB less per million 384-d rows)."""
+    `read_segment` puts the re-ranking back over vectors.faiss (one copy of the vectors, not two)."""
     return factory.removesuffix(REFINE_FLAT)
 
 
@@ -44,9 +44,8 @@ READ_AHEAD_CHUNK = 16 << 20
 @contextlib.contextmanager
 def _reading_ahead(path: Path) -> Iterator[None]:
     """Reads `path` from start to end on a thread while the body runs, and stops with it. FAISS
-    copies an HNSW graph out of its memory mapping page by page: from a cold page cache that ran at
-    ~155 MB/s on the benchmark machine, where a sequential read runs at the disk's ~630 MB/s just
-    ahead of it (1M rows of HNSW32,SQ8: 3.5 s -> 0.4 s to load)."""
+    copies an HNSW graph out of its memory mapping page by page, which from a cold page cache is
+    far slower than the disk's sequential read running just ahead of it (docs/search.md)."""
     done = threading.Event()
 
     def read() -> None:
