@@ -29,7 +29,6 @@ sys.path.insert(0, str(REPO_ROOT))
 import orjson  # noqa: E402
 import redis  # noqa: E402
 from aiinfra._native import EnvelopeCodec, decode_replies, encode_commands  # noqa: E402
-from aiinfra.memory.envelope import ReferenceCodec  # noqa: E402
 from aiinfra.memory.resp import RedisClient  # noqa: E402
 from aiinfra.memory.schema import index_key, memory_prefix  # noqa: E402
 from aiinfra.memory.store import INDEX_TTL_MS, Codec, MemoryStore  # noqa: E402
@@ -39,6 +38,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from bench.report import machine, verdict, write_report  # noqa: E402
 from tests.support.events import LambdaContext, api_gateway_event  # noqa: E402
 from tests.support.redis_server import free_port  # noqa: E402
+from tests.support.reference_codec import ReferenceCodec  # noqa: E402
 
 VALUE = {
     "kind": "plan",

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 from aiinfra._native import INDEX_ENCODING_MEMBER, EnvelopeCodec, Memory, decode_replies
-from aiinfra.memory.envelope import NONCE_LEN, IntegrityError, ReferenceCodec, key_id_of
+from aiinfra.memory.envelope import NONCE_LEN, IntegrityError, key_id_of
 from aiinfra.memory.schema import is_name
 
 from tests.conftest import REPO_ROOT
+from tests.support.reference_codec import ReferenceCodec
 
 DOCUMENT = json.loads((REPO_ROOT / "tests" / "fixtures" / "envelope" / "vectors.json").read_text())
 KEYS = {key_id: bytes.fromhex(key) for key_id, key in DOCUMENT["keys_hex"].items()}

@@ -17,7 +17,9 @@ import numpy as np
 import snapshot_restore_py
 from aiinfra import snapstart
 from aiinfra._native import EnvelopeCodec
-from aiinfra.memory.envelope import NONCE_LEN, ReferenceCodec
+from aiinfra.memory.envelope import NONCE_LEN
+
+from tests.support.reference_codec import ReferenceCodec
 
 KEYS = {"k1": bytes(range(32))}
 NONCE_AT = struct.calcsize(">BQQB") + len("k1")
