@@ -45,8 +45,13 @@ def test_a_caller_without_the_claim_may_use_no_agent() -> None:
 
 def test_the_claim_name_is_a_setting() -> None:
     settings = AuthSettings(mode="jwt", agent_claim="custom:agents")
-    caller = principal(_request({"jwt": {"claims": {"custom:agents": "x"}}}), settings)
+    claims = {"custom:agents": "x", "agents": "y"}
+    caller = principal(_request({"jwt": {"claims": claims}}), settings)
+    assert caller.agents == frozenset({"x"})
     caller.require_agent("x")
+    # The default claim's name means nothing once another is configured.
+    with pytest.raises(Forbidden):
+        caller.require_agent("y")
 
 
 def test_no_authorizer_context_is_unauthorized() -> None:
@@ -54,6 +59,16 @@ def test_no_authorizer_context_is_unauthorized() -> None:
         principal(Request({"type": "http", "method": "GET", "path": "/", "headers": []}), JWT)
 
 
-def test_auth_mode_none_allows_every_agent() -> None:
-    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
-    principal(request, AuthSettings(mode="none", agent_claim="agents")).require_agent("anyone")
+@pytest.mark.parametrize(
+    "request_",
+    [
+        Request({"type": "http", "method": "GET", "path": "/", "headers": []}),
+        _request({"jwt": {"claims": {"agents": "a1"}}}),
+    ],
+    ids=["no-authorizer", "claims-a1"],
+)
+def test_auth_mode_none_allows_every_agent(request_: Request) -> None:
+    caller = principal(request_, AuthSettings(mode="none", agent_claim="agents"))
+    assert caller.agents is None
+    for agent_id in ("a1", "anyone", "a2"):
+        caller.require_agent(agent_id)
