@@ -1,4 +1,4 @@
-# Entry points: make serve | test | build | layer | bench | lint  (see README).
+# Entry points: make serve | test | check | build | layer | bench | lint  (see README).
 SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
@@ -10,7 +10,7 @@ SYSTEM_TOOLS := redis-server
 
 export MODEL_DIR
 
-.PHONY: serve test build layer bench bench-env bench-corpus bench-embed bench-search bench-memory lint native model system-tools clean
+.PHONY: serve test check build layer bench bench-env bench-corpus bench-embed bench-search bench-memory lint native model system-tools clean
 .PHONY: lambda-tools sam-tools invoke bench-coldstart
 
 # --- environment ------------------------------------------------------------------
@@ -55,13 +55,26 @@ serve: build system-tools
 test: build system-tools lint layer lambda-tools sam-tools
 	$(VENV)/bin/pytest -q tests
 
+# The fast loop while editing: lint and the unit tests (no servers, no layer build), under a minute once built.
+check: lint
+	$(VENV)/bin/pytest -q tests/unit
+
 lint: native
 	$(VENV)/bin/ruff check layers functions tests bench
 	$(VENV)/bin/ruff format --check layers functions tests bench
 	$(VENV)/bin/mypy --strict $(NATIVE)/python/aiinfra
 	cd $(NATIVE) && cargo fmt --check && cargo clippy --release --quiet -- -D warnings
 
-bench: bench-embed bench-search bench-memory
+bench: bench-embed bench-search bench-memory charts
+
+# PNG charts of the committed tables (docs/benchmarks/*.md); matplotlib lives in .venv for this target only.
+.PHONY: charts
+$(VENV)/.charts: $(VENV)/.installed requirements/charts.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements/charts.txt -c requirements/constraints.txt
+	touch $@
+
+charts: $(VENV)/.charts
+	$(VENV)/bin/python bench/charts.py
 
 # The stack we replace, kept out of .venv: PyPI's torch is the multi-GB CUDA build.
 BENCH_VENV := .venv-bench
