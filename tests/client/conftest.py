@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -61,7 +64,9 @@ def served(factory: str, redis_url: str, directory: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def api_url(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Every route in one app (`create_local_app`, what `make serve` runs) over the session's Redis."""
-    with served("aiinfra.api.local:create_local_app", redis_server.url, tmp_path_factory.mktemp("api")) as url:
+    with served(
+        "aiinfra.api.local:create_local_app", redis_server.url, tmp_path_factory.mktemp("api")
+    ) as url:
         yield url
 
 
@@ -86,3 +91,49 @@ def anyio_backend() -> str:
 def index_name() -> str:
     """A fresh index per test: tests share one index store without seeing each other."""
     return f"t-{uuid.uuid4().hex[:12]}"
+
+
+class Gateway:
+    """A stand-in for what sits in front of the functions (API Gateway): records each request's
+    headers and answers the scripted (status, headers, body) in turn, then 200 with a model list."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, str]] = []
+        self.script: list[tuple[int, dict[str, str], bytes]] = []
+        gateway = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                gateway.requests.append({k.lower(): v for k, v in self.headers.items()})
+                status, headers, body = gateway.script.pop(0) if gateway.script else (200, {}, MODELS_BODY)
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+MODELS_BODY = json.dumps(
+    {"object": "list", "data": [{"id": "m", "object": "model", "created": 0, "owned_by": "x"}]}
+).encode()
+
+
+@pytest.fixture
+def gateway() -> Iterator[Gateway]:
+    stand_in = Gateway()
+    yield stand_in
+    stand_in.close()

@@ -56,6 +56,9 @@ async def test_async_embeddings(async_api: AsyncClient, api_url: str) -> None:
     result = await async_api.embeddings.create(TEXTS, encoding_format="base64")
     expected = _route_vectors(api_url, TEXTS, result.model)
     assert [_float32(v) for v in result.vectors] == [_float32(v) for v in expected]
-    assert {m.id for m in await async_api.embeddings.models()} == {"all-MiniLM-L6-v2", "all-MiniLM-L6-v2-int8"}
+    assert {m.id for m in await async_api.embeddings.models()} == {
+        "all-MiniLM-L6-v2",
+        "all-MiniLM-L6-v2-int8",
+    }
     with pytest.raises(InvalidRequest):
         await async_api.embeddings.create([])
