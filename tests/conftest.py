@@ -23,6 +23,7 @@ pytest_plugins: list[str] = [
     "tests.support.moto",
     "tests.support.search",
     "tests.support.rie",
+    "tests.support.local_server",
 ]
 
 
