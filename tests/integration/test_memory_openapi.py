@@ -1,4 +1,6 @@
-"""schemathesis against the memory function's own OpenAPI document, healthy Redis: no 5xx."""
+"""schemathesis against the memory function's own OpenAPI document, healthy Redis: every default
+check of `call_and_validate` (no 5xx, answers as documented, invalid input refused) but positive
+data acceptance."""
 
 from __future__ import annotations
 
