@@ -8,14 +8,14 @@ import functools
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import httpx
 
-from aiinfra_client.errors import error_from_answer
+from aiinfra_client.errors import AiinfraError, error_from_answer
 
 if TYPE_CHECKING:
     from aiinfra_client.client import AsyncClient, Client
@@ -182,3 +182,38 @@ class async_sends(Generic[P, T]):
             return send(build(*args, **kwargs))
 
         return method
+
+
+# A multi-step job written once for both clients: a generator that yields each Call it needs and is
+# sent back the answer (or has the API's error thrown into it), returning its result at the end.
+Plan = Generator[Call[Any], Any, T]
+
+
+def run_plan(plan: Plan[T], client: Client) -> T:
+    try:
+        call = next(plan)
+        while True:
+            try:
+                answer = client.send(call)
+            except AiinfraError as error:
+                call = plan.throw(error)
+            else:
+                call = plan.send(answer)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+async def run_plan_async(plan: Plan[T], client: AsyncClient) -> T:
+    try:
+        call = next(plan)
+        while True:
+            try:
+                answer = await client.send(call)
+            except AiinfraError as error:
+                call = plan.throw(error)
+            else:
+                call = plan.send(answer)
+    except StopIteration as done:
+        result: T = done.value
+        return result
