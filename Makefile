@@ -28,6 +28,12 @@ $(VENV)/.native: $(VENV)/.installed $(RUST_SOURCES)
 
 native: $(VENV)/.native
 
+# The client (clients/python) with its framework extras, editable, pinned like the rest of .venv.
+$(VENV)/.client: $(VENV)/.installed requirements/client.txt clients/python/pyproject.toml
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e 'clients/python[langgraph,langchain]' \
+	  -r requirements/client.txt -c requirements/constraints.txt
+	touch $@
+
 # Cached by the build itself: returns at once when its inputs are unchanged.
 model: native
 	$(VENV)/bin/aiinfra build-model --out $(MODEL_DIR)
@@ -52,17 +58,18 @@ serve: build system-tools
 	  REDIS_URL=$${REDIS_URL:-redis://127.0.0.1:6379/0} MEMORY_KEYS=$${MEMORY_KEYS:-file://$(CURDIR)/.data/keyring.json} \
 	  $(VENV)/bin/aiinfra serve --host 127.0.0.1 --port 8000
 
-test: build system-tools lint layer lambda-tools sam-tools
+test: build system-tools lint layer lambda-tools sam-tools $(VENV)/.client
 	$(VENV)/bin/pytest -q tests
 
 # The fast loop while editing: lint and the unit tests (no servers, no layer build), under a minute once built.
 check: lint
 	$(VENV)/bin/pytest -q tests/unit
 
-lint: native
-	$(VENV)/bin/ruff check layers functions tests bench
-	$(VENV)/bin/ruff format --check layers functions tests bench
+lint: native $(VENV)/.client
+	$(VENV)/bin/ruff check layers functions tests bench clients
+	$(VENV)/bin/ruff format --check layers functions tests bench clients
 	$(VENV)/bin/mypy --strict $(NATIVE)/python/aiinfra
+	$(VENV)/bin/mypy --strict clients/python/src/aiinfra_client
 	cd $(NATIVE) && cargo fmt --check && cargo clippy --release --quiet -- -D warnings
 
 bench: bench-embed bench-search bench-memory charts
