@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import inspect
 import json
 import random
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Self, TypeVar, overload
 from urllib.parse import quote
 
 import httpx
@@ -152,19 +153,34 @@ class AsyncNamespace(Namespace):
     _client: AsyncClient
 
 
+def _method_signature(build: Callable[..., Any]) -> inspect.Signature:
+    """The builder's parameters without its `Call[...]` return, for help() on the method."""
+    return inspect.signature(build).replace(return_annotation=inspect.Signature.empty)
+
+
 class sends(Generic[P, T]):
     """A `Call` builder as a method of a sync namespace: builds the call and sends it."""
 
     def __init__(self, build: Callable[P, Call[T]]) -> None:
         self._build = build
+        self._signature = _method_signature(build)
 
-    def __get__(self, namespace: SyncNamespace, owner: type[Any] | None = None) -> Callable[P, T]:
+    @overload
+    def __get__(self, namespace: None, owner: type[Any]) -> Self: ...
+    @overload
+    def __get__(self, namespace: SyncNamespace, owner: type[Any] | None = None) -> Callable[P, T]: ...
+    def __get__(
+        self, namespace: SyncNamespace | None, owner: type[Any] | None = None
+    ) -> Self | Callable[P, T]:
+        if namespace is None:  # looked up on the class (help(), documentation tools)
+            return self
         send, build = namespace._client.send, self._build
 
         @functools.wraps(build)
         def method(*args: P.args, **kwargs: P.kwargs) -> T:
             return send(build(*args, **kwargs))
 
+        method.__signature__ = self._signature  # type: ignore[attr-defined]
         return method
 
 
@@ -173,14 +189,26 @@ class async_sends(Generic[P, T]):
 
     def __init__(self, build: Callable[P, Call[T]]) -> None:
         self._build = build
+        self._signature = _method_signature(build)
 
-    def __get__(self, namespace: AsyncNamespace, owner: type[Any] | None = None) -> Callable[P, Awaitable[T]]:
+    @overload
+    def __get__(self, namespace: None, owner: type[Any]) -> Self: ...
+    @overload
+    def __get__(
+        self, namespace: AsyncNamespace, owner: type[Any] | None = None
+    ) -> Callable[P, Awaitable[T]]: ...
+    def __get__(
+        self, namespace: AsyncNamespace | None, owner: type[Any] | None = None
+    ) -> Self | Callable[P, Awaitable[T]]:
+        if namespace is None:  # looked up on the class (help(), documentation tools)
+            return self
         send, build = namespace._client.send, self._build
 
         @functools.wraps(build)
         def method(*args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
             return send(build(*args, **kwargs))
 
+        method.__signature__ = self._signature  # type: ignore[attr-defined]
         return method
 
 

@@ -10,7 +10,8 @@ back into namespace and key would be ambiguous), and refuses labels and keys out
 The memory's value is `{"value": <the item's value>, "created_at": ..., "updated_at": ...}`; both
 times are the last put's, as LangGraph's InMemoryStore keeps them. Memories under the agent that this
 store did not write (another shape, or keys that do not split into labels) are not items: get answers
-None for them and search and list_namespaces skip them.
+None for them and search skips them. list_namespaces reads keys only: every key of the agent that
+splits into labels counts.
 
 What the memory API cannot do yet: `search(query=...)` needs recall by meaning and raises
 NotImplementedError (search lists the keys under the namespace prefix and applies `filter` here, over
