@@ -3,6 +3,7 @@ API Gateway's own answers (429 throttling, its authorizer's 401) from a stand-in
 
 from __future__ import annotations
 
+import email.utils
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,8 +66,12 @@ def test_a_retry_succeeds_once_the_dependency_is_back(memory_alone: tuple[str, R
     with http, Client(url, retry=Retry(attempts=5, backoff=0.05), http_client=http) as client:
         written = client.memories.put("a1", "k", {"v": 1})
         redis.kill()
-        threading.Timer(0.3, redis.start).start()  # back before the Retry-After: 1 wait ends
-        assert client.memories.get("a1", "k").version == written.version
+        restart = threading.Timer(0.3, redis.start)  # back before the Retry-After: 1 wait ends
+        restart.start()
+        try:
+            assert client.memories.get("a1", "k").version == written.version
+        finally:
+            restart.join()  # the fixture then stops the restarted server
     assert statuses[0] == 201 and statuses[1] == 503 and statuses[-1] == 200
 
 
@@ -118,6 +123,16 @@ def test_throttling_is_retried_honouring_retry_after(gateway: Gateway) -> None:
         client.embeddings.models()
     assert refused.value.status == 429 and refused.value.message == "Too Many Requests"
     assert refused.value.retry_after == 120 and len(gateway.requests) == 4
+
+
+def test_retry_after_as_an_http_date(gateway: Gateway) -> None:
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)  # whole seconds: 1-2 s from now
+    gateway.script = [(503, {"Retry-After": when}, b'{"error":{"type":"service_unavailable","message":"x"}}')]
+    with Client(gateway.url, retry=Retry(attempts=2)) as client:
+        started = time.monotonic()
+        client.embeddings.models()
+        assert time.monotonic() - started >= 0.9
+    assert len(gateway.requests) == 2
 
 
 def test_bearer_token_reaches_the_server_and_the_authorizers_refusal(gateway: Gateway) -> None:
