@@ -90,3 +90,67 @@ def test_a_cluster_redirect_anywhere_in_a_pipeline_raises_instead_of_answering(k
         decode_replies(redirected, 3)
     other = decode_replies(b"-MOVEDX 1\r\n", 1)  # only the redirect replies raise
     assert other is not None and isinstance(other[0], RedisError) and not isinstance(other[0], RedisRedirect)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        b"*1\r\n" * 200_000 + b":1\r\n",
+        b"*1\r\n" * 9 + b":1\r\n",
+        b"$999999999999\r\n",
+        b"$9223372036854775807\r\n",
+        b"*4294967296\r\n",
+        b"*2\r\n" + (b"*600000\r\n" + b":1\r\n" * 600_000) * 2,
+        b"+" + b"x" * 100_000,
+        b"$-2\r\n",
+        b"+OK\n",
+    ],
+    ids=[
+        "nested 200,000 deep",
+        "nested 9 deep",
+        "bulk of 1 TB",
+        "bulk of 2**63 - 1",
+        "array of 2**32",
+        "1.2 million values",
+        "an endless line",
+        "negative length",
+        "LF without CR",
+    ],
+)
+def test_a_reply_past_the_parsers_bounds_breaks_the_connection_at_once(hostile: bytes) -> None:
+    # At once: not None (wait for more), which would keep the caller until its timeout.
+    with pytest.raises(ConnectionError):
+        decode_replies(hostile, 1)
+    with pytest.raises(ConnectionError):
+        decode_replies(bytearray(hostile), 1)
+
+
+def test_replies_within_the_bounds_decode() -> None:
+    # As deep as a CLUSTER SLOTS reply nests (range, node, node metadata), and a million values.
+    slots = b"*1\r\n*3\r\n:0\r\n:16383\r\n*4\r\n$9\r\n127.0.0.1\r\n:7000\r\n$2\r\nid\r\n*0\r\n"
+    assert decode_replies(slots, 1) == [[[0, 16383, [b"127.0.0.1", 7000, b"id", []]]]]
+    eight_deep: Any = 1
+    for _ in range(8):
+        eight_deep = [eight_deep]
+    assert decode_replies(b"*1\r\n" * 8 + b":1\r\n", 1) == [eight_deep]
+    many = b"*1000000\r\n" + b":7\r\n" * 1_000_000
+    replies = decode_replies(many, 1)
+    assert replies is not None and len(replies[0]) == 1_000_000 and set(replies[0]) == {7}
+
+
+def test_cluster_nodes_lists_every_address_and_hostname() -> None:
+    from aiinfra.memory.resp import _cluster_nodes
+
+    listing = (
+        b"07c3 10.0.0.1:6379@16379,node-a.cache myself,master - 0 0 1 connected 0-5460\n"
+        b"67ed 10.0.0.2:6380@16380 master - 0 1426238316232 2 connected 5461-10922\n"
+        b"2928 :6381@16381,,tls-port=0,shard-id=5 master,noaddr - 0 0 3 disconnected\n"
+        b"e7d1 10.0.0.4:6379@16379,,shard-id=9 slave 07c3 0 1426238317741 1 connected\n"
+    )
+    assert _cluster_nodes(listing, "seed.example") == {
+        ("10.0.0.1", 6379),
+        ("node-a.cache", 6379),
+        ("10.0.0.2", 6380),
+        ("seed.example", 6381),
+        ("10.0.0.4", 6379),
+    }

@@ -405,9 +405,21 @@ impl EnvelopeCodec {
         if let Some(error) = first_error(executed) {
             return Err(error);
         }
+        // MULTI and EXEC answer for themselves; EXEC for every command queued between them.
+        if executed.len() != put.replies - 2 {
+            return Err(protocol_error("EXEC answered another number of commands"));
+        }
         let created = if answer_replaced {
-            let sets = &executed[..items.len().min(executed.len())];
-            sets.iter().map(|set| matches!(set, Reply::Nil)).collect()
+            let sets = &executed[..items.len()];
+            (sets.iter())
+                .map(|set| match set {
+                    Reply::Nil => Ok(true),
+                    Reply::Bulk(_) => Ok(false),
+                    _ => Err(protocol_error(
+                        "SET .. GET answered neither a value nor nil",
+                    )),
+                })
+                .collect::<PyResult<Vec<bool>>>()?
         } else {
             Vec::new()
         };

@@ -2,12 +2,18 @@
 //! socket, the Redis Cluster slot a key routes to, and the Python exceptions for what Redis answers.
 use std::io::{ErrorKind, Read, Write};
 use std::mem::ManuallyDrop;
+use std::net::TcpStream;
 use std::os::fd::{FromRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
 use pyo3::exceptions::{PyConnectionError, PyException, PyTimeoutError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
+
+mod reply;
+
+pub(crate) use reply::{parse_replies, protocol_error, replies_complete, Reply};
 
 /// `number` in decimal, without going through `fmt` (a batch writes hundreds of them).
 fn write_decimal(out: &mut Vec<u8>, number: u64) {
@@ -130,80 +136,6 @@ create_exception!(
      connection is out of step and must be closed."
 );
 
-/// One RESP2 reply, its payloads borrowed from the receive buffer.
-pub(crate) enum Reply<'a> {
-    Bulk(&'a [u8]),
-    Simple(&'a [u8]),
-    Error(&'a [u8]),
-    Integer(i64),
-    Nil,
-    Array(Vec<Reply<'a>>),
-}
-
-/// A reply that breaks RESP2: the connection can no longer be trusted.
-pub(crate) fn protocol_error(message: &str) -> PyErr {
-    PyConnectionError::new_err(format!("not a RESP2 reply: {message}"))
-}
-
-/// The line at `at` (without its CRLF) and where the next one starts; None until its CRLF arrived.
-fn line(buffer: &[u8], at: usize) -> Option<(&[u8], usize)> {
-    let end = at + buffer.get(at..)?.iter().position(|&b| b == b'\n')?;
-    (end > at && buffer[end - 1] == b'\r').then(|| (&buffer[at..end - 1], end + 1))
-}
-
-fn decimal(text: &[u8]) -> PyResult<i64> {
-    std::str::from_utf8(text)
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .ok_or_else(|| protocol_error("a length or integer is not a number"))
-}
-
-/// The reply at `at` and where the next one starts; None while the buffer does not hold all of it.
-/// Bulk payloads are skipped by their length, so a retry after more bytes arrive costs per element,
-/// not per byte.
-fn parse_reply(buffer: &[u8], at: usize) -> PyResult<Option<(Reply<'_>, usize)>> {
-    let Some((header, next)) = line(buffer, at) else {
-        return Ok(None);
-    };
-    let Some((&kind, rest)) = header.split_first() else {
-        return Err(protocol_error("an empty line"));
-    };
-    Ok(Some(match kind {
-        b'+' => (Reply::Simple(rest), next),
-        b'-' => (Reply::Error(rest), next),
-        b':' => (Reply::Integer(decimal(rest)?), next),
-        b'$' => match usize::try_from(decimal(rest)?) {
-            Err(_) => (Reply::Nil, next),
-            Ok(size) => {
-                let end = next + size;
-                if buffer.len() < end + 2 {
-                    return Ok(None);
-                }
-                if &buffer[end..end + 2] != b"\r\n" {
-                    return Err(protocol_error("a bulk string overruns its length"));
-                }
-                (Reply::Bulk(&buffer[next..end]), end + 2)
-            }
-        },
-        b'*' => match usize::try_from(decimal(rest)?) {
-            Err(_) => (Reply::Nil, next),
-            Ok(size) => {
-                let mut items = Vec::with_capacity(size.min(4096));
-                let mut position = next;
-                for _ in 0..size {
-                    let Some((item, after)) = parse_reply(buffer, position)? else {
-                        return Ok(None);
-                    };
-                    items.push(item);
-                    position = after;
-                }
-                (Reply::Array(items), position)
-            }
-        },
-        _ => return Err(protocol_error("an unknown reply type")),
-    }))
-}
-
 fn to_python<'py>(py: Python<'py>, reply: &Reply<'_>) -> PyResult<Bound<'py, PyAny>> {
     Ok(match reply {
         Reply::Bulk(data) | Reply::Simple(data) => PyBytes::new(py, data).into_any(),
@@ -250,23 +182,6 @@ pub(crate) fn check_routing(replies: &[Reply<'_>]) -> PyResult<()> {
     Ok(())
 }
 
-/// The `count` replies at the start of `data`, which must hold nothing else; None while incomplete.
-pub(crate) fn parse_replies(data: &[u8], count: usize) -> PyResult<Option<Vec<Reply<'_>>>> {
-    let mut replies = Vec::with_capacity(count);
-    let mut position = 0;
-    for _ in 0..count {
-        let Some((reply, after)) = parse_reply(data, position)? else {
-            return Ok(None);
-        };
-        replies.push(reply);
-        position = after;
-    }
-    if position != data.len() {
-        return Err(protocol_error("bytes beyond the replies of the pipeline"));
-    }
-    Ok(Some(replies))
-}
-
 /// The `count` replies a pipeline gets, decoded from `buffer` (bytes, or a bytearray that grows as
 /// more arrives); None while it does not hold them all yet. Error replies become RedisError values
 /// in place, but a redirect (`MOVED`, `ASK`) raises RedisRedirect and `READONLY` RedisReadOnly;
@@ -284,7 +199,7 @@ fn decode_replies<'py>(
         let array = buffer.cast::<pyo3::types::PyByteArray>()?;
         // SAFETY: no Python code runs while the bytearray is borrowed (the completeness check calls
         // none), so it cannot be resized under us; the replies are then decoded from a copy.
-        if parse_replies(unsafe { array.as_bytes() }, count)?.is_none() {
+        if !replies_complete(unsafe { array.as_bytes() }, count)? {
             return Ok(None);
         }
         owned = array.to_vec();
@@ -296,11 +211,54 @@ fn decode_replies<'py>(
     replies_to_python(py, &replies).map(Some)
 }
 
+/// A write that takes longer is not a healthy one: the round trip's deadline starts to apply.
+const SLOW_WRITE: Duration = Duration::from_millis(10);
+
+/// One deadline for a whole round trip: the socket's own timeout, counted from the start. The
+/// kernel's timeout alone restarts with every read, so a peer that trickles bytes could keep the
+/// call for ever; a round trip of one write and one read (nearly all) never looks at the clock
+/// again, nor changes the socket's timeouts.
+struct Deadline {
+    started: Instant,
+    /// The socket's timeout (SO_RCVTIMEO, which the caller set equal to SO_SNDTIMEO), once read.
+    timeout: Option<Option<Duration>>,
+}
+
+impl Deadline {
+    /// Before another read or write: the time left becomes the socket's timeout; TimeoutError
+    /// once none is left.
+    fn arm(&mut self, socket: &TcpStream) -> PyResult<()> {
+        let timeout = match self.timeout {
+            Some(timeout) => timeout,
+            None => *self.timeout.insert(socket.read_timeout()?),
+        };
+        let Some(timeout) = timeout else {
+            return Ok(());
+        };
+        let left = (timeout.checked_sub(self.started.elapsed()))
+            .filter(|left| !left.is_zero())
+            .ok_or_else(|| PyTimeoutError::new_err("redis did not answer in time"))?;
+        socket.set_read_timeout(Some(left))?;
+        socket.set_write_timeout(Some(left))?;
+        Ok(())
+    }
+
+    /// The socket's own timeouts back, for its next round trip.
+    fn disarm(self, socket: &TcpStream) -> PyResult<()> {
+        if let Some(timeout) = self.timeout {
+            socket.set_read_timeout(timeout)?;
+            socket.set_write_timeout(timeout)?;
+        }
+        Ok(())
+    }
+}
+
 /// Writes `request` to the connected socket `fd` and reads until the `count` replies are in.
-/// The socket is blocking with the kernel's timeouts (SO_SNDTIMEO, SO_RCVTIMEO), so a Redis that
-/// stops answering ends the wait with TimeoutError. A signal that interrupts the wait runs its
-/// Python handler at once, as Python's own socket calls do: Ctrl-C does not wait for the timeout.
-/// ReplyTooLarge once more than `max_bytes` have arrived.
+/// The socket is blocking with the kernel's timeouts (SO_SNDTIMEO, SO_RCVTIMEO, set equal), and
+/// the whole round trip must end within that timeout too: TimeoutError when Redis stops answering
+/// or answers too slowly. A signal that interrupts the wait runs its Python handler at once, as
+/// Python's own socket calls do: Ctrl-C does not wait for the timeout. ReplyTooLarge once more than
+/// `max_bytes` have arrived; ConnectionError when the answer breaks RESP2 or its bounds.
 pub(crate) fn exchange(
     fd: RawFd,
     request: &[u8],
@@ -308,7 +266,11 @@ pub(crate) fn exchange(
     max_bytes: usize,
 ) -> PyResult<Vec<u8>> {
     // SAFETY: the caller keeps `fd` open for the call; ManuallyDrop never closes it.
-    let mut socket = ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let mut socket = ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(fd) });
+    let mut deadline = Deadline {
+        started: Instant::now(),
+        timeout: None,
+    };
     let timed_out = |error: std::io::Error| match error.kind() {
         ErrorKind::WouldBlock => PyTimeoutError::new_err("redis did not answer in time"),
         _ => PyErr::from(error),
@@ -317,12 +279,18 @@ pub(crate) fn exchange(
     let signalled = || Python::attach(|py| py.check_signals());
     let mut written = 0;
     while written < request.len() {
+        if written > 0 {
+            deadline.arm(&socket)?;
+        }
         match socket.write(&request[written..]) {
             Ok(0) => return Err(closed()),
             Ok(size) => written += size,
             Err(error) if error.kind() == ErrorKind::Interrupted => signalled()?,
             Err(error) => return Err(timed_out(error)),
         }
+    }
+    if deadline.timeout.is_some() || deadline.started.elapsed() > SLOW_WRITE {
+        deadline.arm(&socket)?;
     }
     // Read straight into the answer. 4 KiB holds the replies of every single operation and costs
     // nothing to zero; a longer answer (a batch get) grows it to 64 KiB, then by doubling.
@@ -346,16 +314,19 @@ pub(crate) fn exchange(
                 "redis answered more than the {max_bytes} bytes asked for"
             )));
         }
-        if parse_replies(&received[..filled], count)?.is_some() {
+        if replies_complete(&received[..filled], count)? {
             received.truncate(filled);
+            deadline.disarm(&socket)?;
             return Ok(received);
         }
+        deadline.arm(&socket)?;
     }
 }
 
 /// A pipeline's round trip on a plain TCP connection in one call: `request` written to the socket
 /// `fd`, its `count` replies read and decoded as `decode_replies` does, the GIL released while it
-/// waits. OSError (TimeoutError when the kernel's timeout ran out) when the connection fails;
+/// waits. OSError (TimeoutError when the timeout ran out) when the connection fails or the answer
+/// breaks RESP2 (ConnectionError);
 /// ReplyTooLarge when the answer runs past `max_bytes`.
 #[pyfunction]
 fn roundtrip<'py>(

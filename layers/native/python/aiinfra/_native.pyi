@@ -93,7 +93,8 @@ class EnvelopeCodec:
         """`seal_batch_put` and its round trip on the connected plain TCP socket `fd` in one call (the
         GIL released while it waits): the memories as written and, with `answer_replaced`, whether
         each SET created its memory (else an empty list). RedisError naming the cause when Redis
-        refused the transaction or a command in it; RedisRedirect or RedisReadOnly as `roundtrip`."""
+        refused the transaction or a command in it; RedisRedirect or RedisReadOnly as `roundtrip`;
+        ConnectionError when the replies are not those of the transaction sent."""
     def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]: ...
 
 INDEX_ENCODING_MEMBER: bytes
@@ -112,7 +113,9 @@ class RedisRedirect(RedisError):
 def decode_replies(buffer: bytes | bytearray, count: int) -> list[Any] | None:
     """The `count` RESP2 replies of a pipeline in `buffer`, or None while it holds only part of them;
     error replies become RedisError values in place, but a redirect (MOVED, ASK) raises RedisRedirect
-    and READONLY raises RedisReadOnly."""
+    and READONLY raises RedisReadOnly. ConnectionError, as soon as it shows, for anything that is not
+    RESP2 or breaks the parser's bounds (arrays nested deeper than 8, more than 2**20 values, more
+    than 256 MiB, a line over 64 KiB)."""
 
 class RedisReadOnly(RedisError):
     """A node answered READONLY: a failover made it a replica, and it ran no write of the pipeline."""
@@ -124,7 +127,8 @@ class ReplyTooLarge(Exception):
 def roundtrip(fd: int, request: bytes, count: int, max_bytes: int) -> list[Any]:
     """A pipeline's round trip on the connected plain TCP socket `fd`: `request` written, its `count`
     replies read and decoded as by `decode_replies`, the GIL released while it waits; ReplyTooLarge
-    once more than `max_bytes` have arrived."""
+    once more than `max_bytes` have arrived. The whole round trip ends within the socket's timeout
+    (SO_RCVTIMEO, set equal to SO_SNDTIMEO), TimeoutError past it, however the bytes trickle in."""
 
 def key_slot(key: bytes) -> int:
     """The Redis Cluster slot of a key (CRC16 of its hash tag, mod 16384)."""
