@@ -29,6 +29,8 @@ from aiinfra.memory.resp import (
     RedisUnavailable,
     ReplyTooLarge,
     Script,
+    is_bulk,
+    is_bulk_list,
 )
 from aiinfra.memory.schema import index_key, memory_key, memory_prefix
 
@@ -153,6 +155,35 @@ return swapped
 )
 
 
+def _is_put_outcome(reply: Any) -> bool:
+    return isinstance(reply, int) and reply in (0, 1, 2)
+
+
+def _is_delete_outcome(reply: Any) -> bool:
+    return isinstance(reply, int) and reply in (-1, 0, 1)
+
+
+def _is_name_list(reply: Any) -> bool:
+    return isinstance(reply, list) and all(isinstance(name, bytes) for name in reply)
+
+
+def _is_count(reply: Any) -> bool:
+    return isinstance(reply, int) and reply >= 0
+
+
+def _is_transaction(replies: list[Any], sets: int, answer_replaced: bool) -> bool:
+    """What a MULTI/EXEC of `sets` SETs (ending in GET with `answer_replaced`) and its index update
+    answers: EXEC's reply to each command queued, or an error (the transaction refused)."""
+    executed = replies[-1]
+    if isinstance(executed, RedisError):
+        return True
+    if not isinstance(executed, list) or len(executed) != len(replies) - 2:
+        return False
+    return not answer_replaced or all(
+        isinstance(reply, RedisError) or is_bulk(reply) for reply in executed[:sets]
+    )
+
+
 def _refused(cause: object) -> RedisUnavailable:
     """What a caller is told when Redis refused a transaction: the error's name (OOM, TRYAGAIN, ..)."""
     return RedisUnavailable(f"redis refused a transaction: {str(cause).split(' ')[0]}")
@@ -216,21 +247,23 @@ class MemoryStore:
             value_json,
             [expires, condition.mode, version_bytes(condition.version), key, INDEX_TTL_MS],
         )
-        outcome = self._run_encoded(_PUT, request, redis_key)
+        outcome = self._run_encoded(_PUT, request, redis_key, _is_put_outcome)
         if outcome == 0:
             raise PreconditionFailed(key)
         return Memory(key, version, expires), outcome == 2
 
     def get(self, agent_id: str, key: str) -> Memory:
         prefix = memory_prefix(agent_id)
-        [memory] = self._open_many(prefix, [key], [self._call("GET", prefix + key.encode())])
+        [memory] = self._open_many(prefix, [key], [self._call("GET", prefix + key.encode(), expect=is_bulk)])
         if memory is None:
             raise MemoryNotFound(key)
         return memory
 
     def delete(self, agent_id: str, key: str, condition: Condition = UNCONDITIONAL) -> None:
         args: list[Arg] = [condition.mode, version_bytes(condition.version), key]
-        outcome = self._run(_DELETE, [memory_key(agent_id, key), index_key(agent_id)], args)
+        outcome = self._run(
+            _DELETE, [memory_key(agent_id, key), index_key(agent_id)], args, _is_delete_outcome
+        )
         if outcome == -1:
             raise MemoryNotFound(key)
         if outcome == 0:
@@ -239,7 +272,7 @@ class MemoryStore:
     def list_keys(self, agent_id: str, prefix: str, limit: int, cursor: str) -> tuple[list[str], str | None]:
         """Up to `limit` live keys after `cursor`, by name; the next cursor, or None at the end."""
         args: list[Arg] = [prefix, cursor, limit, memory_prefix(agent_id)]
-        names = [name.decode() for name in self._run(_LIST, [index_key(agent_id)], args)]
+        names = [name.decode() for name in self._run(_LIST, [index_key(agent_id)], args, _is_name_list)]
         if len(names) > limit:
             return names[:limit], names[limit - 1]
         return names, None
@@ -272,7 +305,11 @@ class MemoryStore:
         request, replies, memories = codec.seal_batch_put(
             prefix, index, INDEX_TTL_MS, now, items, answer_replaced
         )
-        executed = self._executed(self.redis.send(request, replies, index))
+
+        def expect(replies: list[Any]) -> bool:
+            return _is_transaction(replies, len(items), answer_replaced)
+
+        executed = self._executed(self.redis.send(request, replies, index, expect=expect))
         return memories, [reply is None for reply in executed[: len(items)]] if answer_replaced else []
 
     def batch_get(
@@ -294,7 +331,14 @@ class MemoryStore:
     def _blobs(self, redis_keys: list[bytes], max_bytes: int = UNLIMITED) -> list[bytes | None]:
         """What is stored under `redis_keys` (None where nothing is), in one MGET of at most
         `max_bytes`."""
-        return self._call("MGET", *redis_keys, max_bytes=max_bytes) if redis_keys else []
+        if not redis_keys:
+            return []
+
+        def expect(reply: Any) -> bool:
+            return is_bulk_list(reply) and len(reply) == len(redis_keys)
+
+        blobs: list[bytes | None] = self._call("MGET", *redis_keys, max_bytes=max_bytes, expect=expect)
+        return blobs
 
     def rewrap(self, agent_id: str, page: int = 500) -> int:
         """Re-seals the agent's entries that an older key sealed with the current one; keeps
@@ -321,7 +365,7 @@ class MemoryStore:
                 args: list[Arg] = [
                     part for (_, _, old), new in zip(stale, resealed, strict=True) for part in (old, new)
                 ]
-                moved += self._run(_SWAP, [redis_key for _, redis_key, _ in stale], args)
+                moved += self._run(_SWAP, [redis_key for _, redis_key, _ in stale], args, _is_count)
             if next_cursor is None:
                 return moved
             cursor = next_cursor
@@ -341,18 +385,20 @@ class MemoryStore:
             cause = next((reply for reply in replies if isinstance(reply, RedisError)), executed)
         raise _refused(cause)
 
-    def _call(self, *args: Arg, max_bytes: int = UNLIMITED) -> Any:
+    def _call(self, *args: Arg, max_bytes: int = UNLIMITED, expect: Callable[[Any], bool]) -> Any:
         try:
-            return self.redis.call(*args, max_bytes=max_bytes)
+            return self.redis.call(*args, max_bytes=max_bytes, expect=expect)
         except RedisError as error:
             raise RedisUnavailable(f"redis refused {args[0]!r}: {str(error).split(' ')[0]}") from None
 
-    def _run(self, script: Script, keys: Sequence[bytes], args: Sequence[Arg]) -> Any:
-        return self._run_encoded(script, script.request(keys, args), keys[0])
+    def _run(
+        self, script: Script, keys: Sequence[bytes], args: Sequence[Arg], expect: Callable[[Any], bool]
+    ) -> Any:
+        return self._run_encoded(script, script.request(keys, args), keys[0], expect)
 
-    def _run_encoded(self, script: Script, request: bytes, key: bytes) -> Any:
+    def _run_encoded(self, script: Script, request: bytes, key: bytes, expect: Callable[[Any], bool]) -> Any:
         try:
-            return self.redis.run_encoded(script, request, key)
+            return self.redis.run_encoded(script, request, key, expect)
         except RedisError as error:
             raise RedisUnavailable(f"redis refused a script: {str(error).split(' ')[0]}") from None
 
