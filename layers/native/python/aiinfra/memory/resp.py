@@ -1,7 +1,7 @@
 """A lean Redis client (RESP2 over the standard library's socket and ssl): pipelines and Lua scripts.
 
-Why not redis-py: it costs ~100 ms of import on a function whose whole init budget is 350 ms,
-and a memory request needs only "send these commands, read these replies". Connections are
+Why not redis-py: its import alone would spend much of the function's cold-start budget, and a
+memory request needs only "send these commands, read these replies". Connections are
 pooled per process and reused across invocations; a broken one is dropped and the next call
 dials again, so a warm instance recovers by itself when Redis comes back.
 """
@@ -54,10 +54,6 @@ def is_ok(reply: Any) -> bool:
 def is_bulk(reply: Any) -> bool:
     """A value or nil: what GET answers."""
     return reply is None or isinstance(reply, bytes)
-
-
-def is_integer(reply: Any) -> bool:
-    return isinstance(reply, int)
 
 
 def is_bulk_list(reply: Any) -> bool:
@@ -456,7 +452,6 @@ __all__ = [
     "Script",
     "is_bulk",
     "is_bulk_list",
-    "is_integer",
     "is_ok",
     "single",
 ]
