@@ -11,8 +11,10 @@ num-<i>.npy / tok-<i>.npy   columnar metadata for the filter (float64, NaN = abs
 from __future__ import annotations
 
 import contextlib
+import struct
 import threading
-from collections.abc import Iterator, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -91,60 +93,132 @@ def write_segment(
 ) -> SegmentRef:
     """Write a segment's files into `directory`; `vectors` already normalised for cosine. `refine`:
     `index` was built from `stored_factory` of a `,RFlat` factory, re-ranked against vectors.faiss."""
-    flat = flat_index(dimension, metric)
-    if len(ids):
-        flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    faiss.write_index(flat, str(directory / "vectors.faiss"))
+    write_flat_vectors(
+        directory / "vectors.faiss", dimension, metric, len(ids), [vectors] if len(ids) else []
+    )
     if index is not None:
         faiss.write_index(index, str(directory / "index.faiss"))
-    rows = [orjson.dumps(m) for m in metadata]
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=offsets[1:])
-    (directory / "metadata.jsonl").write_bytes(b"".join(rows))
-    np.save(directory / "metadata.offsets.npy", offsets)
-    numeric, vocabularies = _write_columns(directory, metadata)
-    items = {
-        "ids": ids,
-        "tombstones": list(tombstones),
-        "numeric": numeric,
-        "tokens": vocabularies,
-        "refine": refine,
-    }
-    (directory / "items.json").write_bytes(orjson.dumps(items))
+    rows = MetadataWriter(directory, len(metadata))
+    for value in metadata:
+        rows.append(orjson.dumps(value))
+    numeric, vocabularies = rows.close()
+    write_items(directory, [ids], tombstones, numeric, vocabularies, refine)
+    return segment_ref(directory, segment_id, kind, len(ids), len(tombstones))
+
+
+def write_flat_vectors(
+    path: Path, dimension: int, metric: Metric, rows: int, chunks: Iterable[np.ndarray]
+) -> None:
+    """vectors.faiss as FAISS writes a flat index (its header, then the raw float32 rows), written
+    chunk by chunk as `chunks` yields them, so no second copy of the rows is ever made."""
+    header = faiss.serialize_index(flat_index(dimension, metric)).tobytes()
+    # FAISS's layout: ntotal (int64) at byte 8; the header ends with the row data's float count.
+    fixed, empty = header[:-8], header[-8:]
+    if header[8:16] != bytes(8) or empty != bytes(8):
+        raise RuntimeError("unexpected FAISS flat index layout")
+    written = 0
+    with open(path, "wb") as file:
+        file.write(fixed[:8] + struct.pack("<q", rows) + fixed[16:] + struct.pack("<Q", rows * dimension))
+        for chunk in chunks:
+            if chunk.ndim != 2 or chunk.shape[1] != dimension:
+                raise ValueError(f"vectors of shape {chunk.shape}, expected rows of {dimension}")
+            file.write(np.ascontiguousarray(chunk, dtype="<f4").data)
+            written += len(chunk)
+    if written != rows:
+        raise ValueError(f"{written} vectors written, {rows} announced")
+
+
+class MetadataWriter:
+    """metadata.jsonl and metadata.offsets.npy, appended row by row from each row's stored JSON,
+    and the filter columns (num-<i>.npy, tok-<i>.npy), collected sparsely as (row, value) arrays so
+    that memory follows the metadata's size, never a dict per row."""
+
+    def __init__(self, directory: Path, rows: int) -> None:
+        self.directory = directory
+        self.rows = rows
+        self.offsets = np.zeros(rows + 1, dtype=np.int64)
+        self.count = 0
+        self.file = open(directory / "metadata.jsonl", "wb")  # noqa: SIM115  # closed by close()
+        self.numbers: dict[str, tuple[array[int], array[float]]] = {}
+        self.tokens: dict[str, tuple[array[int], array[int], dict[str, int]]] = {}
+
+    def append(self, raw: bytes) -> None:
+        """One row's metadata as stored: a JSON object."""
+        row = self.count
+        self.file.write(raw)
+        self.offsets[row + 1] = self.offsets[row] + len(raw)
+        self.count += 1
+        if raw == b"{}":
+            return
+        value: dict[str, Any] = orjson.loads(raw)
+        for key, item in value.items():
+            if is_number(item):
+                rows, numbers = self.numbers.setdefault(key, (array("I"), array("d")))
+                rows.append(row)
+                numbers.append(float(item))
+            else:
+                rows, codes, vocabulary = self.tokens.setdefault(key, (array("I"), array("I"), {}))
+                rows.append(row)
+                codes.append(vocabulary.setdefault(token(item), len(vocabulary)))
+
+    def close(self) -> tuple[list[str], dict[str, list[str]]]:
+        """Writes the offsets and columns; the numeric keys and each token key's vocabulary, both
+        numbered in key order as the column files are."""
+        self.file.close()
+        if self.count != self.rows:
+            raise ValueError(f"{self.count} metadata rows written, {self.rows} announced")
+        np.save(self.directory / "metadata.offsets.npy", self.offsets)
+        numeric: list[str] = []
+        for key in sorted(self.numbers):
+            rows, numbers = self.numbers.pop(key)
+            column = np.full(self.rows, np.nan, dtype="<f8")
+            column[np.frombuffer(rows, dtype=np.uint32)] = np.frombuffer(numbers, dtype=np.float64)
+            np.save(self.directory / f"num-{len(numeric)}.npy", column)
+            numeric.append(key)
+        vocabularies: dict[str, list[str]] = {}
+        for key in sorted(self.tokens):
+            rows, codes, seen = self.tokens.pop(key)
+            vocabulary = sorted(seen)
+            code_of = np.empty(len(seen), dtype="<u4")  # first-seen code -> position in the sorted vocabulary
+            code_of[[seen[t] for t in vocabulary]] = np.arange(len(vocabulary), dtype="<u4")
+            column = np.full(self.rows, ABSENT_CODE, dtype="<u4")
+            column[np.frombuffer(rows, dtype=np.uint32)] = code_of[np.frombuffer(codes, dtype=np.uint32)]
+            np.save(self.directory / f"tok-{len(vocabularies)}.npy", column)
+            vocabularies[key] = vocabulary
+        return numeric, vocabularies
+
+
+def write_items(
+    directory: Path,
+    ids: Iterable[list[str]],
+    tombstones: Sequence[str],
+    numeric: list[str],
+    vocabularies: dict[str, list[str]],
+    refine: bool,
+) -> None:
+    """items.json, its ids written chunk by chunk as `ids` yields them."""
+    rest = {"tombstones": list(tombstones), "numeric": numeric, "tokens": vocabularies, "refine": refine}
+    with open(directory / "items.json", "wb") as file:
+        file.write(b'{"ids":[')
+        separator = b""
+        for chunk in ids:
+            if chunk:
+                file.write(separator + orjson.dumps(chunk)[1:-1])
+                separator = b","
+        file.write(b"]," + orjson.dumps(rest)[1:])
+
+
+def segment_ref(
+    directory: Path, segment_id: str, kind: Literal["base", "delta"], rows: int, tombstones: int
+) -> SegmentRef:
+    """The manifest's entry for the segment written in `directory` (every file there, with its size)."""
     return SegmentRef(
         id=segment_id,
         kind=kind,
-        rows=len(ids),
-        tombstones=len(tombstones),
+        rows=rows,
+        tombstones=tombstones,
         files={p.name: p.stat().st_size for p in sorted(directory.iterdir())},
     )
-
-
-def _write_columns(directory: Path, metadata: list[dict[str, Any]]) -> tuple[list[str], dict[str, list[str]]]:
-    n = len(metadata)
-    keys = sorted({key for row in metadata for key in row})
-    numeric: list[str] = []
-    vocabularies: dict[str, list[str]] = {}
-    for key in keys:
-        values = [row.get(key, _MISSING) for row in metadata]
-        if any(is_number(v) for v in values):
-            column = np.array([float(v) if is_number(v) else np.nan for v in values], dtype="<f8")
-            np.save(directory / f"num-{len(numeric)}.npy", column)
-            numeric.append(key)
-        present = [token(v) for v in values if v is not _MISSING and not is_number(v)]
-        if present:
-            vocabulary = sorted(set(present))
-            code_of = {t: i for i, t in enumerate(vocabulary)}
-            codes = np.full(n, ABSENT_CODE, dtype="<u4")
-            for row, v in enumerate(values):
-                if v is not _MISSING and not is_number(v):
-                    codes[row] = code_of[token(v)]
-            np.save(directory / f"tok-{len(vocabularies)}.npy", codes)
-            vocabularies[key] = vocabulary
-    return numeric, vocabularies
-
-
-_MISSING = object()
 
 
 @dataclass
