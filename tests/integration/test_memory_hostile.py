@@ -355,3 +355,30 @@ def test_a_redirect_to_a_host_outside_the_cluster_is_refused_and_auth_never_goes
     assert client.put("/agents/agent-1/memories/k", json={"value": 1}).status_code == 503
     assert trap.accepted == 0  # neither AUTH nor the request ever reached the foreign host
     assert [b"CLUSTER", b"NODES"] in seed.commands
+
+
+def test_ask_to_a_node_the_cluster_lists_sends_asking_and_retries_once(
+    peers: Callable[..., HostilePeer], keyring_uri: str
+) -> None:
+    """The control for the refusal above: a node CLUSTER NODES lists (one that owns no slot yet, as
+    the target of a first migration) is asked, after ASKING, and only for that request."""
+    target = peers(lambda command: [b"+OK\r\n" if command == [b"ASKING"] else b"$-1\r\n"])
+
+    def seed(command: list[bytes]) -> Iterable[Step]:
+        if command[:2] == [b"CLUSTER", b"NODES"]:
+            listing = (
+                b"e7d1 127.0.0.1:%d@1 myself,master - 0 0 1 connected 0-16383\n"
+                b"9a3c 127.0.0.1:%d@1 master - 0 0 2 connected\n" % (port, target.port)
+            )
+            return [b"$%d\r\n%s\r\n" % (len(listing), listing)]
+        return [b"-ASK 866 127.0.0.1:%d\r\n" % target.port]
+
+    home = peers(seed)
+    port = home.port
+    store = _store(home.url, keyring_uri)
+    for _ in range(2):
+        with pytest.raises(MemoryNotFound):
+            store.get("agent-1", "k")
+    get = [b"GET", b"mem:{agent-1}:k"]
+    assert target.commands == [[b"ASKING"], get] * 2  # ASK moves no slot: each request asks anew
+    assert home.commands == [get, [b"CLUSTER", b"NODES"], get]  # the members learned once
