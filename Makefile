@@ -109,6 +109,11 @@ bench-search: build bench-corpus
 bench-memory: native system-tools
 	$(VENV)/bin/python bench/memory.py
 
+# Today's compaction against write_base, each build in a fresh process; indexes cached in build/bench.
+.PHONY: bench-compaction
+bench-compaction: native
+	$(VENV)/bin/python bench/compaction.py
+
 # --- Lambda fidelity: the runtime emulator, the cp312 layer, the SAM tools ------------------
 # The Go proxy serves none of the emulator's release tags (not semver): pinned by pseudo-version.
 RIE_VERSION := v0.0.0-20261030222936-bef5c4ba774d

@@ -1,0 +1,225 @@
+"""`make bench-compaction`: a compaction's build, today's path against `write_base` (bounded memory).
+
+Vectors: synthetic, normal random 384-d float32 rows, L2-normalised (cosine), factory
+`HNSW32,SQ8,RFlat`; each row has small metadata (`lang`, `year`). The index is prepared once per
+size in build/bench/compaction-<size>/ through the writer: upserts of 100,000 rows (one delta
+segment each), then 1 % of the ids replaced and 1 % deleted, so the build folds shadowed rows and
+tombstones. Each contender then runs in a fresh process of its own on 2 threads: it loads the
+index's snapshot, then builds the new base segment's files into an empty directory (what compaction
+does before its upload and manifest swap): "today" = `_live_items` -> `_build_index` ->
+`write_segment`; "write_base" = `aiinfra.vectors.build.write_base`. Peak RSS is that process's
+`ru_maxrss` (the launching process stays small); "before build" is its RSS once the snapshot is
+loaded. Index = the segment's files on disk. The 6-vCPU column scales the 2-thread build time by
+2/6 (the indexer's share at 10 GB), an estimate: FAISS's HNSW insertion runs on every thread.
+Writes docs/benchmarks/compaction.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+THREADS = 2
+os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from bench.report import machine, verdict, write_report  # noqa: E402
+
+CACHE = REPO_ROOT / "build" / "bench"
+DIMENSION = 384
+FACTORY = "HNSW32,SQ8,RFlat"
+SIZES = tuple(int(s) for s in os.environ.get("BENCH_COMPACTION_SIZES", "250000,1000000").split(","))
+BATCH = 100_000
+NAME = "bench"
+INDEXER_VCPUS = 6
+TARGET_RATIO = 2.5
+TARGET_SHARD_SECONDS = 300.0
+SHARD_ROWS = 250_000
+# Today's path holds several copies of the vectors: at 1M it needs far more memory than the rest.
+OLD_PATH_MEMORY_BYTES_PER_ROW = 14_000
+# Today's path takes as long as write_base: a run short of time may measure it at the smaller sizes only.
+TODAY_MAX_ROWS = int(os.environ.get("BENCH_COMPACTION_TODAY_MAX", str(max(SIZES))))
+
+
+def store_root(size: int) -> Path:
+    return CACHE / f"compaction-{size}" / "store"
+
+
+def prepare(size: int) -> None:
+    """The index of `size` rows in deltas, with replaced and deleted ids (cached)."""
+    import numpy as np
+    from aiinfra.vectors.reader import IndexRegistry
+    from aiinfra.vectors.store import FileStore
+    from aiinfra.vectors.writer import IndexWriter
+
+    root = store_root(size)
+    if (root / NAME / "manifest.json").is_file():
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    store = FileStore(root)
+    writer = IndexWriter(store, IndexRegistry(store, 3600.0))
+    writer.create(NAME, DIMENSION, "cosine", FACTORY)
+    rng = np.random.default_rng(0)
+
+    def upsert(numbers: np.ndarray) -> None:
+        vectors = rng.standard_normal((len(numbers), DIMENSION), dtype=np.float32)
+        metadata = [
+            {"lang": ("en", "fr", "de", "es")[i % 4], "year": 1990 + i % 35} for i in numbers.tolist()
+        ]
+        writer.upsert(NAME, [f"item-{i}" for i in numbers.tolist()], vectors, metadata)
+
+    for start in range(0, size, BATCH):
+        upsert(np.arange(start, min(start + BATCH, size)))
+        print(f"prepared {min(start + BATCH, size)}/{size}", file=sys.stderr, flush=True)
+    upsert(rng.choice(size, size // 100, replace=False))
+    writer.delete(NAME, [f"item-{i}" for i in rng.choice(size, size // 100, replace=False).tolist()])
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def contend(path: str, size: int) -> dict[str, Any]:
+    """One contender's build in this process: its time, memory and output size."""
+    import faiss
+    from aiinfra.vectors.build import write_base
+    from aiinfra.vectors.reader import IndexRegistry
+    from aiinfra.vectors.segment import stored_factory, write_segment
+    from aiinfra.vectors.store import FileStore
+    from aiinfra.vectors.writer import _build_index, _live_items
+
+    faiss.omp_set_num_threads(THREADS)
+    snapshot = IndexRegistry(FileStore(store_root(size)), 3600.0).snapshot(NAME)
+    out = CACHE / f"compaction-{size}" / f"out-{path}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    before = rss_mb()
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    if path == "write_base":
+        ref = write_base(snapshot, out, "bench")
+    else:
+        manifest = snapshot.manifest
+        ids, vectors, metadata = _live_items(snapshot)
+        index = _build_index(manifest, vectors)
+        refine = index is not None and stored_factory(manifest.factory) != manifest.factory
+        ref = write_segment(
+            out,
+            "bench",
+            dimension=manifest.dimension,
+            metric=manifest.metric,
+            ids=ids,
+            vectors=vectors,
+            metadata=metadata,
+            kind="base",
+            index=index,
+            refine=refine,
+        )
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    shutil.rmtree(out)
+    return {
+        "rows": ref.rows,
+        "seconds": seconds,
+        "peak_mb": peak,
+        "before_mb": before,
+        "index_mb": sum(ref.files.values()) / 2**20,
+        "load": load,
+    }
+
+
+def available_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def child(*args: str) -> str:
+    done = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--prepare", type=int)
+    parser.add_argument("--contend", nargs=2, metavar=("PATH", "SIZE"))
+    args = parser.parse_args()
+    if args.prepare:
+        prepare(args.prepare)
+        return
+    if args.contend:
+        print(json.dumps(contend(args.contend[0], int(args.contend[1]))))
+        return
+
+    load_at_start = os.getloadavg()
+    results: list[tuple[int, str, dict[str, Any] | str]] = []
+    for size in SIZES:
+        child("--prepare", str(size))
+        for path in ("write_base", "today"):
+            if path == "today" and size > TODAY_MAX_ROWS:
+                results.append((size, path, f"not run: above BENCH_COMPACTION_TODAY_MAX={TODAY_MAX_ROWS:,}"))
+                continue
+            if path == "today" and available_bytes() < size * OLD_PATH_MEMORY_BYTES_PER_ROW:
+                results.append((size, path, "not run: less memory available than it needs"))
+                continue
+            found = json.loads(child("--contend", path, str(size)))
+            print(f"{size} {path}: {found}", file=sys.stderr, flush=True)
+            results.append((size, path, found))
+    write_report("compaction", report(results, load_at_start))
+
+
+def report(results: list[tuple[int, str, dict[str, Any] | str]], load: tuple[float, float, float]) -> str:
+    rows = [
+        "| rows | build | build s (2 threads) | est. s at 6 vCPU | peak RSS MB | RSS before build MB "
+        "| index on disk MB | peak / index | load (1 min) at its start |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for size, path, found in results:
+        if isinstance(found, str):
+            rows.append(f"| {size:,} | {path} | {found} | | | | | | |")
+            continue
+        rows.append(
+            f"| {found['rows']:,} | {path} | {found['seconds']:.1f} | "
+            f"{found['seconds'] * THREADS / INDEXER_VCPUS:.1f} | {found['peak_mb']:,.0f} | "
+            f"{found['before_mb']:,.0f} | {found['index_mb']:,.0f} | "
+            f"{found['peak_mb'] / found['index_mb']:.2f} | {found['load']:.2f} |"
+        )
+    ours = {size: found for size, path, found in results if path == "write_base" and isinstance(found, dict)}
+    targets = [
+        f"- peak RSS / index at {size:,} rows: {found['peak_mb'] / found['index_mb']:.2f} "
+        f"(target < {TARGET_RATIO}: {verdict(found['peak_mb'] / found['index_mb'] < TARGET_RATIO)})"
+        for size, found in ours.items()
+    ]
+    if SHARD_ROWS in ours:
+        shard = ours[SHARD_ROWS]["seconds"] * THREADS / INDEXER_VCPUS
+        targets.append(
+            f"- a {SHARD_ROWS:,}-row shard's build at the indexer's {INDEXER_VCPUS} vCPUs (estimated): "
+            f"{shard:.0f} s (target <= {TARGET_SHARD_SECONDS:.0f} s: "
+            f"{verdict(shard <= TARGET_SHARD_SECONDS)})"
+        )
+    header = (
+        f"# Compaction benchmark\n\n{machine()}; {FACTORY}, dimension {DIMENSION}, {THREADS} threads. "
+        f"Shared machine: load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) "
+        "when the run started (other work was running beside it), and per build below.\n\n"
+    )
+    return (
+        header + (__doc__ or "") + "\n\n" + "\n".join(rows) + "\n\nTargets:\n\n" + "\n".join(targets) + "\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
