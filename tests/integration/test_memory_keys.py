@@ -1,4 +1,6 @@
-"""Keyrings from file://, kms:// and secretsmanager:// (moto_server); rotation and rewrap."""
+"""Keyrings from file:// and secretsmanager:// (moto_server); rotation and rewrap. The kms://
+keyring's custody (S3, encryption context, fail-closed, reload, retire) is in
+test_memory_keyring_custody.py."""
 
 from __future__ import annotations
 
@@ -11,35 +13,47 @@ import boto3
 import pytest
 import redis
 from aiinfra.cli import main
+from aiinfra.config import MemorySettings
 from aiinfra.memory.envelope import key_id_of
 from aiinfra.memory.keyring import Keyring, KeyringError, load_keyring, rotate_keyring
 from aiinfra.memory.resp import RedisClient
-from aiinfra.memory.schema import KMS_DATA_KEYS, memory_key
+from aiinfra.memory.schema import memory_key
 from aiinfra.memory.store import Condition, MemoryStore, memory_store
 
-from tests.support.events import invoke, response_json
-from tests.support.functions import load_function
 from tests.support.memory import memory_settings_for
 from tests.support.redis_server import RedisServer
 
 
-@pytest.fixture
-def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+def aws_environment(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     """boto3 configured the way a Lambda function is: from the environment."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+@pytest.fixture
+def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    aws_environment(monkeypatch, moto_endpoint)
     return moto_endpoint
 
 
+def _keys(uri: str) -> MemorySettings:
+    """Settings naming only a keyring source: file:// and secretsmanager:// never ask Redis."""
+    return memory_settings_for("redis://127.0.0.1:1/0", uri)
+
+
+def _no_memories() -> bool:
+    return False
+
+
 def test_file_keyring_is_created_on_first_use_with_a_warning(
-    tmp_path: Path, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "nested" / "keyring.json"
-    redis_client = RedisClient(redis_server.url, 2)
+    settings = _keys(f"file://{path}")
     with caplog.at_level(logging.WARNING):
-        keyring = load_keyring(f"file://{path}", redis_client)
+        keyring = load_keyring(settings, _no_memories)
     [record] = [r for r in caplog.records if "memory keyring created" in r.getMessage()]
     assert record.levelno == logging.WARNING and record.__dict__["current_key_id"] == keyring.current
     assert json.loads(path.read_text())["current"] == keyring.current
@@ -48,12 +62,12 @@ def test_file_keyring_is_created_on_first_use_with_a_warning(
     assert not any(
         key.hex() in logged or base64.b64encode(key).decode() in logged for key in keyring.keys.values()
     )
-    assert load_keyring(f"file://{path}", redis_client) == keyring  # the second use reads it back
+    assert load_keyring(settings, _no_memories) == keyring  # the second use reads it back
     path.write_text('{"current": "k", "keys": {"k": "c2hvcnQ="}}')
     with pytest.raises(KeyringError, match="32 bytes"):
-        load_keyring(f"file://{path}", redis_client)
+        load_keyring(settings, _no_memories)
     with pytest.raises(KeyringError, match="Not a directory"):
-        load_keyring(f"file://{path}/inside-a-file.json", redis_client)
+        load_keyring(_keys(f"file://{path}/inside-a-file.json"), _no_memories)
 
 
 def test_rotation_then_rewrap(tmp_path: Path, redis_server: RedisServer, agent: str) -> None:
@@ -65,7 +79,7 @@ def test_rotation_then_rewrap(tmp_path: Path, redis_server: RedisServer, agent: 
     raw = redis.Redis.from_url(redis_server.url)
     ttl_before = raw.pttl(memory_key(agent, "k0"))
 
-    new_key = rotate_keyring(uri, store.redis).current
+    new_key = rotate_keyring(settings).current
     assert new_key != old_key
     store.reload_keyring()
     for key in written:  # old entries read back under the new current key
@@ -119,40 +133,12 @@ def test_secretsmanager_keyring(aws: str, redis_server: RedisServer, agent: str)
     store = memory_store(memory_settings_for(redis_server.url, uri))
     store.put(agent, "k", b'"via secrets manager"', 600, Condition())
     assert store.codec.current_key_id == keyring.current
-    rotated = rotate_keyring(uri, store.redis)
+    rotated = rotate_keyring(_keys(uri))
     store.reload_keyring()
     assert store.codec.current_key_id == rotated.current
     assert store.get(agent, "k").value_json == b'"via secrets manager"'
     with pytest.raises(KeyringError, match="secretsmanager://missing"):
-        load_keyring("secretsmanager://missing", store.redis)
-
-
-def test_kms_keyring_keeps_only_encrypted_data_keys_in_redis(
-    aws: str, redis_factory: object, agent: str
-) -> None:
-    server = redis_factory()  # type: ignore[operator]
-    kms_key = boto3.client("kms").create_key(Description="memory")["KeyMetadata"]["KeyId"]
-    uri = f"kms://{kms_key}"
-    store = memory_store(memory_settings_for(server.url, uri))
-    store.put(agent, "k", b'"via kms"', 600, Condition())
-    raw = redis.Redis.from_url(server.url)
-    stored = raw.hgetall(KMS_DATA_KEYS)
-    current = stored[b"current"].decode()
-    assert current == store.codec.current_key_id
-    plaintext_key = load_keyring(uri, store.redis).keys[current]
-    assert len(plaintext_key) == 32 and plaintext_key not in stored[f"key:{current}".encode()]
-
-    # A second instance (cold start elsewhere) agrees on the same data key.
-    other = memory_store(memory_settings_for(server.url, uri))
-    assert other.get(agent, "k").value_json == b'"via kms"'
-    assert other.codec.current_key_id == current
-
-    rotated = rotate_keyring(uri, store.redis)
-    assert rotated.current != current and set(rotated.keys) == {current, rotated.current}
-    store.reload_keyring()
-    assert store.rewrap(agent) == 1
-    assert key_id_of(raw.get(memory_key(agent, "k"))) == rotated.current
-    raw.close()
+        load_keyring(_keys("secretsmanager://missing"), _no_memories)
 
 
 def test_an_instance_with_a_stale_keyring_reads_what_a_rotated_one_wrote(
@@ -160,32 +146,17 @@ def test_an_instance_with_a_stale_keyring_reads_what_a_rotated_one_wrote(
 ) -> None:
     uri = f"file://{tmp_path / 'keyring.json'}"
     settings = memory_settings_for(redis_server.url, uri)
+    # Reloaded on schedule only after an hour: what reaches it here is the reload on a failed open.
     stale = MemoryStore(
-        RedisClient(settings.redis_url, 2), lambda: load_keyring(uri, stale.redis).codec(), 0.0
+        RedisClient(settings.redis_url, 2),
+        lambda: load_keyring(settings, _no_memories).codec(),
+        keyring_reload_seconds=3600,
+        integrity_reload_seconds=0.0,
     )
     fresh = memory_store(memory_settings_for(redis_server.url, uri))
     stale.put(agent, "before", b"1", 600, Condition())
-    rotate_keyring(uri, fresh.redis)
+    rotate_keyring(settings)
     fresh.reload_keyring()
     fresh.put(agent, "after", b"2", 600, Condition())
     assert stale.get(agent, "after").value_json == b"2"  # reloaded the keyring once, no restart
     assert stale.codec.current_key_id == fresh.codec.current_key_id
-
-
-def test_a_kms_keyring_waits_for_redis_when_redis_is_down_at_init(
-    aws: str, redis_factory: object, agent: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    server = redis_factory()  # type: ignore[operator]
-    server.kill()
-    kms_key = boto3.client("kms").create_key(Description="memory")["KeyMetadata"]["KeyId"]
-    monkeypatch.setenv("REDIS_URL", server.url)
-    monkeypatch.setenv("MEMORY_KEYS", f"kms://{kms_key}")
-    monkeypatch.setenv("AUTH_MODE", "none")
-    function = load_function("memory")  # the init survives: a Redis outage is not a misconfiguration
-    path = f"/agents/{agent}/memories/k"
-    down = invoke(function.handler, "http", "PUT", path, {"value": 1})
-    assert down["statusCode"] == 503 and down["headers"]["retry-after"] == "1"
-    server.restart()
-    up = invoke(function.handler, "http", "PUT", path, {"value": 1})
-    assert up["statusCode"] == 201, response_json(up)
-    assert response_json(invoke(function.handler, "http", "GET", path))["value"] == 1

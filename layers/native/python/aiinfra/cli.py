@@ -41,11 +41,27 @@ def _rewrap(args: argparse.Namespace) -> int:
 def _rotate_key(args: argparse.Namespace) -> int:
     from aiinfra.config import memory_settings
     from aiinfra.memory.keyring import rotate_keyring
+
+    print(rotate_keyring(memory_settings()).current)
+    return 0
+
+
+def _retire_key(args: argparse.Namespace) -> int:
+    from aiinfra.config import memory_settings
+    from aiinfra.memory.keyring import RetirementRefused, retire_key
+    from aiinfra.memory.keyspace import count_sealed_with
     from aiinfra.memory.resp import RedisClient
 
     settings = memory_settings()
-    keyring = rotate_keyring(settings.keys_uri, RedisClient(settings.redis_url, settings.redis_timeout))
-    print(keyring.current)
+    redis = RedisClient(settings.redis_url, settings.redis_timeout)
+    try:
+        retire_key(settings, args.key_id, lambda key_id: count_sealed_with(redis, key_id))
+    except RetirementRefused as refused:
+        print(f"not retired: {refused}", file=sys.stderr)
+        return 1
+    finally:
+        redis.close()
+    print(f"{args.key_id} retired")
     return 0
 
 
@@ -80,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         "rotate-key", help="add a new current key to the memory keyring (MEMORY_KEYS)"
     )
     rotate.set_defaults(run=_rotate_key)
+    retire = commands.add_parser(
+        "retire-key", help="drop a key no stored memory uses from the kms:// keyring (MEMORY_KEYS)"
+    )
+    retire.add_argument("key_id", help="the key id to retire (not the current one)")
+    retire.set_defaults(run=_retire_key)
     args = parser.parse_args(argv)
     result: int = args.run(args)
     return result

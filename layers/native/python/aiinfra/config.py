@@ -112,6 +112,9 @@ class MemorySettings:
     default_ttl: int
     max_value_bytes: int
     redis_timeout: float
+    keyring_store: str | None = None  # s3://bucket/key of a kms:// keyring's wrapped data keys
+    keyring_reload_seconds: float = 300.0
+    stack_name: str = "aiinfra"  # in the KMS encryption context of the data keys
 
 
 def memory_settings() -> MemorySettings:
@@ -128,6 +131,12 @@ def memory_settings() -> MemorySettings:
         raise ConfigError(
             f"MEMORY_KEYS={keys_uri!r} must be file:///abs/path.json, kms://<key-id> or secretsmanager://<id>"
         )
+    keyring_store = _env("MEMORY_KEYRING_STORE")
+    if scheme == "kms" and not _is_s3_object(keyring_store):
+        raise ConfigError(
+            f"MEMORY_KEYRING_STORE={keyring_store or ''!r} must be s3://bucket/key.json: "
+            "kms:// keyrings keep their wrapped data keys there"
+        )
     default_ttl = env_int("MEMORY_DEFAULT_TTL", 86400, minimum=1)
     if default_ttl > MEMORY_MAX_TTL_SECONDS:
         raise ConfigError(f"MEMORY_DEFAULT_TTL={default_ttl} must be <= {MEMORY_MAX_TTL_SECONDS} (30 days)")
@@ -137,7 +146,18 @@ def memory_settings() -> MemorySettings:
         default_ttl=default_ttl,
         max_value_bytes=env_int("MEMORY_MAX_VALUE_BYTES", 256 * 1024, minimum=1),
         redis_timeout=env_float("MEMORY_REDIS_TIMEOUT", 2.0, minimum=0.01),
+        keyring_store=keyring_store,
+        keyring_reload_seconds=env_float("MEMORY_KEYRING_RELOAD_SECONDS", 300.0, minimum=1.0),
+        stack_name=_env("AIINFRA_STACK", "aiinfra") or "aiinfra",
     )
+
+
+def _is_s3_object(uri: str | None) -> bool:
+    """`s3://bucket/key`: a bucket and an object key, not a prefix."""
+    if uri is None or not uri.startswith("s3://"):
+        return False
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bool(bucket) and bool(key) and not key.endswith("/")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from aiinfra.config import (
 )
 from aiinfra.memory import store as data
 from aiinfra.memory.envelope import IntegrityError
-from aiinfra.memory.keyring import KeyringError
+from aiinfra.memory.keyring import KeyringError, KeyringMissing
 from aiinfra.memory.resp import RedisError, RedisUnavailable
 from aiinfra.memory.schema import NAME_PATTERN
 from aiinfra.observability import MetricUnit, logger, metrics
@@ -225,19 +225,22 @@ def _store_faults(agent_id: str) -> Iterator[None]:
     except RedisUnavailable as error:
         logger().warning("memory store unavailable", extra={"reason": str(error)})
         raise Unavailable("the memory store is unavailable, retry shortly", retry_after_seconds=1) from None
-    except KeyringError as error:
-        logger().error("memory keyring unavailable", extra={"reason": str(error)})
+    except KeyringError:  # logged and counted (MemoryKeyringFailures) where the keyring loads
         raise Unavailable("the memory keyring is unavailable, retry shortly", retry_after_seconds=5) from None
 
 
 def _load_keyring_at_init(store: data.MemoryStore) -> None:
     """An unreadable or malformed key source is a misconfiguration: the init fails with one line
-    naming MEMORY_KEYS. A Redis outage is not (kms:// keeps its encrypted data keys in Redis): the
-    keyring then loads on first use, and requests answer 503 until Redis is back."""
+    naming the setting (MEMORY_KEYS, MEMORY_KEYRING_STORE). A kms:// keyring document missing over
+    existing memories is not: nothing may be sealed, so requests answer 503 until it is restored.
+    Nor is a Redis outage (asked whether memories exist before a first key is made): the keyring
+    then loads on first use, and requests answer 503 until Redis is back."""
     try:
         store.codec  # noqa: B018 - loading it is the point
+    except KeyringMissing:
+        pass  # logged and counted where it loads
     except KeyringError as error:
-        raise ConfigError(f"MEMORY_KEYS={error}") from None
+        raise ConfigError(f"{error.setting}={error}") from None
     except (RedisUnavailable, RedisError) as error:
         logger().warning("memory keyring deferred to the first request", extra={"reason": str(error)})
 
@@ -358,4 +361,6 @@ def create_memory_app(
     # A snapshot must hold no live sockets: drop them before it, open fresh ones after each restore.
     snapstart.before_snapshot(store.redis.close)
     snapstart.after_restore(store.redis.close)
+    # A snapshot may be restored long after it was taken: its keyring may be rotated or retired since.
+    snapstart.after_restore(store.reload_keyring)
     return create_app("aiinfra memory", [router(store, settings, auth or auth_settings())])

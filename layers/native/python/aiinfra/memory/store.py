@@ -18,7 +18,8 @@ from typing import Any, Protocol
 from aiinfra._native import EnvelopeCodec, Memory
 from aiinfra.config import MemorySettings
 from aiinfra.memory.envelope import MAX_OVERHEAD, IntegrityError, key_id_of, version_bytes
-from aiinfra.memory.keyring import load_keyring
+from aiinfra.memory.keyring import KeyringError, load_keyring
+from aiinfra.memory.keyspace import holds_memories
 from aiinfra.memory.resp import (
     UNLIMITED,
     Arg,
@@ -33,6 +34,7 @@ from aiinfra.memory.resp import (
     is_bulk_list,
 )
 from aiinfra.memory.schema import index_key, memory_key, memory_prefix
+from aiinfra.observability import MetricUnit, logger, metrics
 
 # The index outlives every entry it lists: no entry lives longer than 30 days past its write.
 INDEX_TTL_MS = 31 * 24 * 3600 * 1000
@@ -184,6 +186,18 @@ def _is_transaction(replies: list[Any], sets: int, answer_replaced: bool) -> boo
     )
 
 
+def _keyring_failure(error: Exception, kept: bool) -> None:
+    """Logs a keyring that failed to load; counts it (MemoryKeyringFailures) unless Redis was down."""
+    extra = {"reason": str(error), "kept_loaded_keyring": kept}
+    if not isinstance(error, KeyringError):
+        logger().warning("memory keyring not loaded: redis unavailable", extra=extra)
+        return
+    logger().error(
+        "memory keyring failed to load", extra={**extra, "security_event": "memory_keyring_failure"}
+    )
+    metrics().add_metric(name="MemoryKeyringFailures", unit=MetricUnit.Count, value=1)
+
+
 def _refused(cause: object) -> RedisUnavailable:
     """What a caller is told when Redis refused a transaction: the error's name (OOM, TRYAGAIN, ..)."""
     return RedisUnavailable(f"redis refused a transaction: {str(cause).split(' ')[0]}")
@@ -193,29 +207,51 @@ class MemoryStore:
     """One Redis, one keyring: what the memory routes and the `rewrap` command act through."""
 
     def __init__(
-        self, redis: RedisClient, load_codec: Callable[[], Codec], keyring_reload_seconds: float = 5.0
+        self,
+        redis: RedisClient,
+        load_codec: Callable[[], Codec],
+        keyring_reload_seconds: float = 300.0,
+        integrity_reload_seconds: float = 5.0,
     ) -> None:
         self.redis = redis
         self.keyring_reload_seconds = keyring_reload_seconds
+        self.integrity_reload_seconds = integrity_reload_seconds
         # The keyring may need Redis (kms://): it loads on first use, so init survives Redis being down.
         self._load_codec = load_codec
         self._codec: Codec | None = None
         self._codec_lock = threading.Lock()
         self._loaded_at = time.monotonic()
+        self._reload_due = 0.0
 
     @property
     def codec(self) -> Codec:
-        if self._codec is None:
-            with self._codec_lock:
+        """The loaded keyring's codec, loaded again once `keyring_reload_seconds` have passed (so a
+        rotation or a retirement reaches every warm instance) or after `reload_keyring`."""
+        codec = self._codec
+        if codec is not None and time.monotonic() < self._reload_due:
+            return codec
+        return self._reload()
+
+    def _reload(self) -> Codec:
+        """Loads the keyring unless another thread just did. A failure is logged and counted
+        (MemoryKeyringFailures); it raises only when no keyring is loaded yet: one already loaded
+        still opens what it opened, and is tried again after the next interval."""
+        with self._codec_lock:
+            now = time.monotonic()
+            if self._codec is not None and now < self._reload_due:
+                return self._codec
+            self._loaded_at, self._reload_due = now, now + self.keyring_reload_seconds
+            try:
+                self._codec = self._load_codec()
+            except (KeyringError, RedisUnavailable) as error:
+                _keyring_failure(error, kept=self._codec is not None)
                 if self._codec is None:
-                    self._codec = self._load_codec()
-        return self._codec
+                    raise
+            return self._codec
 
     def reload_keyring(self) -> None:
-        """Forgets the loaded keyring: the next request loads it again (after a rotation)."""
-        with self._codec_lock:
-            self._codec = None
-            self._loaded_at = time.monotonic()
+        """Loads the keyring again on its next use (after a rotation, a SnapStart restore)."""
+        self._reload_due = 0.0
 
     def _open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]:
         """`codec.open_many`; after a failure to open, once more with the keyring reloaded: another
@@ -224,7 +260,7 @@ class MemoryStore:
         try:
             return self.codec.open_many(prefix, keys, blobs)
         except IntegrityError:
-            if time.monotonic() - self._loaded_at < self.keyring_reload_seconds:
+            if time.monotonic() - self._loaded_at < self.integrity_reload_seconds:
                 raise
             self.reload_keyring()
             return self.codec.open_many(prefix, keys, blobs)
@@ -406,7 +442,11 @@ class MemoryStore:
 def memory_store(settings: MemorySettings) -> MemoryStore:
     """The store the settings name: one pooled Redis client, the keyring loaded on first use."""
     redis = RedisClient(settings.redis_url, settings.redis_timeout)
-    return MemoryStore(redis, lambda: load_keyring(settings.keys_uri, redis).codec())
+    return MemoryStore(
+        redis,
+        lambda: load_keyring(settings, lambda: holds_memories(redis)).codec(),
+        settings.keyring_reload_seconds,
+    )
 
 
 __all__ = [
