@@ -21,7 +21,7 @@ from aiinfra.cli import main
 from aiinfra.config import ConfigError, MemorySettings, memory_settings
 from aiinfra.memory.envelope import IntegrityError, key_id_of
 from aiinfra.memory.keyring import encryption_context, rotate_keyring
-from aiinfra.memory.keyspace import count_sealed_with, holds_memories
+from aiinfra.memory.keyspace import agent_ids, count_sealed_with, holds_memories
 from aiinfra.memory.schema import memory_key
 from aiinfra.memory.store import Condition, memory_store
 from fastapi.testclient import TestClient
@@ -291,13 +291,16 @@ def test_retire_key_refuses_while_envelopes_remain_and_succeeds_after_rewrap(
     code, said = retire(old)
     assert code == 1 and "until they reload the keyring" in said  # rotated just now
     time.sleep(reload_seconds + 0.2)
-    assert retire(old) == (
-        1,
-        f"not retired: 3 stored envelopes are still sealed with key {old}: rewrap their agents first\n",
-    )
+    refusal = f"stored envelopes are still sealed with key {old}: run `aiinfra rewrap --all` first\n"
+    assert retire(old) == (1, f"not retired: 3 {refusal}")
     assert main(["rewrap", "--agent", agent]) == 0
-    assert retire(old)[1].startswith(f"not retired: 1 stored envelopes are still sealed with key {old}")
-    assert main(["rewrap", "--agent", other]) == 0
+    assert retire(old) == (1, f"not retired: 1 {refusal}")
+    capsys.readouterr()
+    assert main(["rewrap", "--all"]) == 0
+    assert sorted(capsys.readouterr().out.splitlines()) == [
+        f"{agent}-other: 1 entries re-sealed with key {new}",
+        f"{agent}: 0 entries re-sealed with key {new}",
+    ]
     assert retire(old) == (0, f"{old} retired\n")
     document = kms_keyring.document()
     assert document is not None and list(document["keys"]) == [new] and document["retired"] == [old]
@@ -327,6 +330,7 @@ def test_the_keyspace_walk_reaches_every_node_of_a_cluster(
     current = store.codec.current_key_id
     assert count_sealed_with(store.redis, current) == 2 * len(agents)
     assert count_sealed_with(store.redis, "another-key") == 0
+    assert sorted(agent_ids(store.redis)) == sorted(agents)
     for node in nodes:
         node.close()
 

@@ -24,15 +24,16 @@ def _build_model(args: argparse.Namespace) -> int:
 
 def _rewrap(args: argparse.Namespace) -> int:
     from aiinfra.config import memory_settings
+    from aiinfra.memory.keyspace import agent_ids
     from aiinfra.memory.schema import is_name
     from aiinfra.memory.store import memory_store
 
-    bad = [agent_id for agent_id in args.agent if not is_name(agent_id)]
+    bad = [agent_id for agent_id in args.agent or [] if not is_name(agent_id)]
     if bad:
         print(f"not an agent id: {', '.join(bad)}", file=sys.stderr)
         return 2
     store = memory_store(memory_settings())
-    for agent_id in args.agent:
+    for agent_id in agent_ids(store.redis) if args.all else args.agent:
         moved = store.rewrap(agent_id)
         print(f"{agent_id}: {moved} entries re-sealed with key {store.codec.current_key_id}")
     return 0
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("--model", action="append", help="model id (repeatable; default: the fp32 model)")
     publish.set_defaults(run=_publish_model)
     rewrap = commands.add_parser("rewrap", help="re-seal agents' memories with the current key (MEMORY_KEYS)")
-    rewrap.add_argument("--agent", action="append", required=True, help="agent id (repeatable)")
+    agents = rewrap.add_mutually_exclusive_group(required=True)
+    agents.add_argument("--agent", action="append", help="agent id (repeatable)")
+    agents.add_argument("--all", action="store_true", help="every agent with a key index, on every node")
     rewrap.set_defaults(run=_rewrap)
     rotate = commands.add_parser(
         "rotate-key", help="add a new current key to the memory keyring (MEMORY_KEYS)"

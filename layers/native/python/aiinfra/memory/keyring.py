@@ -154,7 +154,8 @@ def retire_key(settings: MemorySettings, key_id: str, sealed_with: Callable[[str
         sealed = sealed_with(key_id)
         if sealed:
             raise RetirementRefused(
-                f"{sealed} stored envelopes are still sealed with key {key_id}: rewrap their agents first"
+                f"{sealed} stored envelopes are still sealed with key {key_id}: "
+                "run `aiinfra rewrap --all` first"
             )
         keys = {kept: blob for kept, blob in document["keys"].items() if kept != key_id}
         return {**document, "keys": keys, "retired": [*document["retired"], key_id]}

@@ -1,5 +1,6 @@
 """Walks what every primary of a Redis or Redis Cluster holds, by SCAN: whether any memory exists
-(asked before a keyring gets its first key) and how many envelopes one key sealed (`retire-key`).
+(asked before a keyring gets its first key), how many envelopes one key sealed (`retire-key`) and
+which agents have memories (`rewrap --all`).
 
 A SCAN sees one node's keys only, so in a cluster each primary that CLUSTER SLOTS names is walked
 on a connection of its own; anything but "cluster support disabled" in answer to CLUSTER SLOTS is
@@ -39,6 +40,16 @@ def count_sealed_with(redis: RedisClient, key_id: str) -> int:
         heads = node.send(request, len(names), expect=lambda replies: all(map(is_bulk, replies)))
         sealed += sum(1 for head in heads if head and key_id_of(head) == key_id)
     return sealed
+
+
+def agent_ids(redis: RedisClient) -> Iterator[str]:
+    """Every agent with a key index, on every node, once each."""
+    seen: set[bytes] = set()
+    for _, names in _scan_every_node(redis, b"idx:{*"):
+        for name in names:
+            if name.startswith(b"idx:{") and name.endswith(b"}") and name not in seen:
+                seen.add(name)  # SCAN may answer a name more than once
+                yield name[5:-1].decode()
 
 
 def _scan_every_node(redis: RedisClient, pattern: bytes) -> Iterator[tuple[RedisClient, list[bytes]]]:

@@ -11,6 +11,7 @@ import re
 NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
 _NAME = re.compile(NAME_PATTERN)
 
+
 def is_name(value: str) -> bool:
     """An agent id or memory key: 1 to 128 of `[A-Za-z0-9._-]`."""
     return _NAME.match(value) is not None
