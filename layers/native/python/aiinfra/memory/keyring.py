@@ -323,12 +323,15 @@ def _load_kms(settings: MemorySettings, holds_memories: Callable[[], bool]) -> K
     assert settings.keyring_store is not None  # memory_settings requires it for kms://
     store, kms = _KeyringObject(settings.keyring_store), _boto3_client("kms")
     found = store.read()
-    if found is None:
-        if holds_memories():
+    if found is None and holds_memories():
+        # Memories are written only under a keyring, so another instance may have created it since.
+        found = store.read()
+        if found is None:
             raise KeyringMissing(
                 f"{store.uri} is missing while Redis holds memories: no new key is made over them",
                 "MEMORY_KEYRING_STORE",
             )
+    if found is None:
         key_id = new_key_id()
         keys = {key_id: _new_data_key(kms, settings)}
         first = {"current": key_id, "current_since": time.time(), "keys": keys, "retired": []}
