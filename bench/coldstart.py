@@ -37,20 +37,24 @@ Request = Callable[[], dict[str, Any]]
 
 
 def search_index() -> None:
-    """A 100k x 384 HNSW index in a file:// store (INDEX_CACHE), built once and kept in build/bench."""
-    if (INDEX_CACHE / "docs" / "manifest.json").is_file():
-        return
+    """A 100k x 384 HNSW index in a file:// store (INDEX_CACHE), built once and kept in build/bench,
+    in the one tenant of AUTH_MODE=none. The search function loads it on the first query, not at init."""
+    from aiinfra.api.auth import LOCAL_TENANT
+    from aiinfra.vectors.limits import IndexLimits
     from aiinfra.vectors.reader import IndexRegistry
-    from aiinfra.vectors.store import FileStore
+    from aiinfra.vectors.store import FileStore, IndexPath
     from aiinfra.vectors.writer import IndexWriter
 
+    index = IndexPath(LOCAL_TENANT, "docs")
     store = FileStore(INDEX_CACHE)
-    writer = IndexWriter(store, IndexRegistry(store, 60.0))
+    if store.read_manifest(index.shard(0)) is not None:
+        return
+    writer = IndexWriter(store, IndexRegistry(store, 60.0), IndexLimits(compact_after_rows=INDEX_VECTORS + 1))
     vectors = np.random.default_rng(5).standard_normal((INDEX_VECTORS, 384), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    writer.create("docs", 384, "ip", "HNSW32")
-    writer.upsert("docs", [str(i) for i in range(INDEX_VECTORS)], vectors, [{} for _ in range(INDEX_VECTORS)])
-    writer.compact("docs")
+    writer.create(index, 384, "ip", "HNSW32")
+    writer.upsert(index, [str(i) for i in range(INDEX_VECTORS)], vectors, [{} for _ in range(INDEX_VECTORS)])
+    writer.compact_now(index)
 
 
 def embed_request() -> dict[str, Any]:

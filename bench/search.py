@@ -206,15 +206,16 @@ def run_hnswlib(data: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> Non
 
 def store_root(folder: Path, factory: str) -> Path:
     """Where our index is cached, per factory and per graph-building setting (a change rebuilds it)."""
-    from aiinfra.vectors.writer import HNSW_EF_CONSTRUCTION
+    from aiinfra.vectors.factory import HNSW_EF_CONSTRUCTION
 
     return folder / ("store-" + re.sub(r"[^A-Za-z0-9]+", "-", factory) + f"-efc{HNSW_EF_CONSTRUCTION}")
 
 
 def run_build(folder: Path, factory: str) -> None:
     """Our index through the store: one upsert of every vector with metadata, then compact (cached)."""
+    from aiinfra.vectors.limits import IndexLimits
     from aiinfra.vectors.reader import IndexRegistry
-    from aiinfra.vectors.store import FileStore
+    from aiinfra.vectors.store import FileStore, IndexPath
     from aiinfra.vectors.writer import IndexWriter
 
     root = store_root(folder, factory)
@@ -223,12 +224,15 @@ def run_build(folder: Path, factory: str) -> None:
         return
     data = np.load(folder / "data.npy")
     store = FileStore(root)
-    writer = IndexWriter(store, IndexRegistry(store, 60.0))
-    writer.create("bench", data.shape[1], "ip", factory)
+    # One shard of every vector, compacted once, here: no compaction starts by itself.
+    limits = IndexLimits(max_rows=len(data), compact_after_rows=len(data) + 1)
+    writer = IndexWriter(store, IndexRegistry(store, 60.0), limits)
+    index = IndexPath("bench", "bench")
+    writer.create(index, data.shape[1], "ip", factory)
     metadata: list[dict[str, Any]] = [{"bucket": i % 100} for i in range(len(data))]
     started = time.perf_counter()
-    writer.upsert("bench", [str(i) for i in range(len(data))], data, metadata)
-    writer.compact("bench")
+    writer.upsert(index, [str(i) for i in range(len(data))], data, metadata)
+    writer.compact_now(index)
     built = json.dumps({"build": time.perf_counter() - started, "build_rss": peak_rss_mb()})
     (root / "built.json").write_text(built)
     print(built, flush=True)
@@ -252,10 +256,11 @@ def run_ours(folder: Path, factory: str) -> None:
     started = time.perf_counter()
     from aiinfra.vectors.filter import compile_filter
     from aiinfra.vectors.reader import IndexReader
-    from aiinfra.vectors.store import FileStore
+    from aiinfra.vectors.store import FileStore, IndexPath
 
     imported = time.perf_counter()
-    snapshot = IndexReader(FileStore(store_root(folder, factory)), "bench", 60.0).snapshot()
+    shard = IndexPath("bench", "bench").shard(0)
+    snapshot = IndexReader(FileStore(store_root(folder, factory)), shard, 60.0).snapshot()
     load = time.perf_counter() - imported
     imports = imported - started
     data = np.load(folder / "data.npy", mmap_mode="r")

@@ -7,7 +7,7 @@ import numpy as np
 from aiinfra.vectors.build import write_base
 from aiinfra.vectors.filter import compile_filter
 from aiinfra.vectors.reader import IndexRegistry
-from aiinfra.vectors.store import S3Store, new_segment_id
+from aiinfra.vectors.store import IndexPath, S3Store, new_segment_id
 from aiinfra.vectors.writer import IndexWriter
 
 from tests.support.search import s3_client
@@ -19,31 +19,33 @@ def test_a_base_written_from_s3_segments_serves_a_cold_instance(
     s3_store: S3Store, moto_endpoint: str
 ) -> None:
     writer = IndexWriter(s3_store, IndexRegistry(s3_store, 60.0))
-    writer.create("docs", DIM, "cosine", "HNSW16,SQ8,RFlat")
+    index = IndexPath("tenant", "docs")
+    shard = index.shard(0)
+    writer.create(index, DIM, "cosine", "HNSW16,SQ8,RFlat")
     rng = np.random.default_rng(3)
     live: dict[str, tuple[np.ndarray, int]] = {}
 
     def upsert(numbers: range, tag: int) -> None:
         vectors = rng.normal(size=(len(numbers), DIM)).astype(np.float32)
-        writer.upsert("docs", [f"d{i}" for i in numbers], vectors, [{"i": i, "tag": tag} for i in numbers])
+        writer.upsert(index, [f"d{i}" for i in numbers], vectors, [{"i": i, "tag": tag} for i in numbers])
         for i, vector in zip(numbers, vectors, strict=True):
             live[f"d{i}"] = (vector / np.linalg.norm(vector), i)
 
     upsert(range(300), 0)
     upsert(range(50), 1)  # replaces
-    writer.delete("docs", [f"d{i}" for i in range(250, 300)])
+    writer.delete(index, [f"d{i}" for i in range(250, 300)])
     for i in range(250, 300):
         live.pop(f"d{i}")
-    manifest, tag = writer.manifest("docs")
-    snapshot = writer.registry.snapshot("docs")
+    manifest, tag = writer.manifest(shard)
+    snapshot = writer.registry.snapshot(shard)
     with s3_store.scratch() as directory:
         ref = write_base(snapshot, directory, new_segment_id())
-        s3_store.put_segment("docs", ref.id, directory)
-    s3_store.write_manifest("docs", manifest.with_segments((ref,)).to_json(), tag)
+        s3_store.put_segment(shard, ref.id, directory)
+    s3_store.write_manifest(shard, manifest.with_segments((ref,)).to_json(), tag)
 
     cold_cache = s3_store.cache_dir.parent / "cold"
     cold = S3Store(s3_store.bucket, s3_store.prefix, client=s3_client(moto_endpoint), cache_dir=cold_cache)
-    served = IndexRegistry(cold, 60.0).snapshot("docs")
+    served = IndexRegistry(cold, 60.0).snapshot(shard)
     assert served.count == len(live) == 250 and [v.segment.ref for v in served.views] == [ref]
     ids = list(live)
     vectors = np.stack([live[i][0] for i in ids])

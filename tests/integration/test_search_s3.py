@@ -8,12 +8,19 @@ from pathlib import Path
 
 import pytest
 from aiinfra.vectors.reader import IndexRegistry
-from aiinfra.vectors.store import ManifestConflict, S3Store
+from aiinfra.vectors.store import IndexPath, ManifestConflict, S3Store
 from aiinfra.vectors.writer import IndexWriter
 from botocore.exceptions import ClientError
 
 from tests.support.moto import MotoServer
-from tests.support.search import SearchClient, new_bucket, orphan_segment, s3_client
+from tests.support.search import (
+    SearchClient,
+    new_bucket,
+    orphan_segment,
+    s3_client,
+    shard_path,
+    wait_for_compaction,
+)
 
 
 def test_moto_server_honours_conditional_puts(moto_endpoint: str) -> None:
@@ -32,16 +39,19 @@ def test_moto_server_honours_conditional_puts(moto_endpoint: str) -> None:
 
 
 def test_store_swaps_the_manifest_only_from_the_version_it_read(s3_store: S3Store) -> None:
-    s3_store.write_manifest("idx", b"v1", None)
+    shard = IndexPath("tenant", "idx").shard(0)
+    s3_store.write_manifest(shard, b"v1", None)
     with pytest.raises(ManifestConflict):
-        s3_store.write_manifest("idx", b"again", None)
-    body, tag = s3_store.read_manifest("idx") or (b"", "")
+        s3_store.write_manifest(shard, b"again", None)
+    body, tag = s3_store.read_manifest(shard) or (b"", "")
     assert body == b"v1"
-    s3_store.write_manifest("idx", b"v2", tag)
+    s3_store.write_manifest(shard, b"v2", tag)
     with pytest.raises(ManifestConflict):
-        s3_store.write_manifest("idx", b"lost", tag)
-    assert (s3_store.read_manifest("idx") or (b"",))[0] == b"v2"
-    assert s3_store.list_indexes() == ["idx"]
+        s3_store.write_manifest(shard, b"lost", tag)
+    assert (s3_store.read_manifest(shard) or (b"",))[0] == b"v2"
+    s3_store.write_manifest(IndexPath("tenant", "no-shard-0").shard(1), b"v1", None)
+    assert s3_store.list_indexes(IndexPath("tenant", "").tenant_folder) == ["idx"]
+    assert s3_store.list_indexes(IndexPath("another", "").tenant_folder) == []
 
 
 def test_search_api_on_s3(search_client: SearchClient, s3_store: S3Store) -> None:
@@ -50,7 +60,8 @@ def test_search_api_on_s3(search_client: SearchClient, s3_store: S3Store) -> Non
     items = [{"id": f"i{i}", "vector": [float(i), 1.0, 0.0], "metadata": {"i": i}} for i in range(10)]
     assert client.post("/indexes/s3/upsert", json={"items": items}).status_code == 200
     assert client.post("/indexes/s3/delete", json={"ids": ["i9"]}).status_code == 200
-    assert client.post("/indexes/s3/compact").json()["count"] == 9
+    assert client.post("/indexes/s3/compact").status_code == 202
+    assert wait_for_compaction(client, "s3")["count"] == 9
     fresh = search_client(s3_store)  # a cold instance: loads from the bucket
     answer = fresh.post(
         "/indexes/s3/query", json={"vector": [1.0, 0.0, 0.0], "k": 2, "filter": {"i": {"$lt": 8}}}
@@ -68,14 +79,15 @@ def test_an_instance_keeps_only_the_segments_its_index_names_in_its_cache(
     for i in range(3):
         items = [{"id": f"i{i}", "vector": [float(i), 1.0]}]
         assert client.post("/indexes/kept/upsert", json={"items": items}).status_code == 200
-    cached = s3_store.cache_dir / "kept"
+    cached = s3_store.cache_dir / shard_path("kept")
 
     def named() -> set[str]:
-        manifest = json.loads((s3_store.read_manifest("kept") or (b"{}",))[0])
+        manifest = json.loads((s3_store.read_manifest(shard_path("kept")) or (b"{}",))[0])
         return {segment["id"] for segment in manifest["segments"]}
 
     assert len(named()) == 3 and {p.name for p in cached.iterdir()} == named()
-    assert client.post("/indexes/kept/compact").json()["count"] == 3
+    assert client.post("/indexes/kept/compact").status_code == 202
+    assert wait_for_compaction(client, "kept")["count"] == 3
     assert len(named()) == 1 and {p.name for p in cached.iterdir()} == named()
     query = client.post("/indexes/kept/query", json={"vector": [2.0, 1.0], "k": 1})
     assert query.json()["matches"] == [{"id": "i2", "score": 0.0}]
@@ -92,11 +104,12 @@ def test_a_sweep_deletes_the_segments_no_manifest_names_from_s3(
         client.post("/indexes/swept/upsert", json={"items": [{"id": "a", "vector": [1.0, 0.0]}]}).status_code
         == 200
     )
-    orphan_segment(s3_store, "swept", "c" * 32)
+    shard = shard_path("swept")
+    orphan_segment(s3_store, shard, "c" * 32)
     writer = IndexWriter(s3_store, IndexRegistry(s3_store, 0.0), orphan_grace_seconds=0.0)
-    manifest, _ = writer.manifest("swept")
-    assert writer.sweep("swept", manifest) == ["c" * 32]
-    assert set(s3_store.segment_ages("swept")) == {ref.id for ref in manifest.segments}
+    manifest, _ = writer.manifest(shard)
+    assert writer.sweep(shard, manifest) == ["c" * 32]
+    assert set(s3_store.segment_ages(shard)) == {ref.id for ref in manifest.segments}
     assert (
         client.post("/indexes/swept/query", json={"vector": [1.0, 0.0], "k": 1}).json()["matches"][0]["id"]
         == "a"

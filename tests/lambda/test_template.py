@@ -28,7 +28,12 @@ from tests.support.template import template as load_template
 SAM_BIN = REPO_ROOT / ".venv-sam" / "bin"
 # Lambda: function code plus all its layers, unzipped, at most 250 MiB.
 UNZIPPED_LIMIT = 250 * 1024 * 1024
-FUNCTIONS = {"EmbedFunction": "embed", "SearchFunction": "search", "MemoryFunction": "memory"}
+FUNCTIONS = {
+    "EmbedFunction": "embed",
+    "SearchFunction": "search",
+    "MemoryFunction": "memory",
+    "IndexerFunction": "indexer",
+}
 
 
 def _sam_env() -> dict[str, str]:

@@ -3,17 +3,22 @@ over a store, and a reference filter evaluator (Mongo semantics, one row at a ti
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiinfra.api.auth import LOCAL_TENANT
 from aiinfra.api.search import TextEncoder, create_search_app
-from aiinfra.vectors.store import FileStore, IndexStore, S3Store
+from aiinfra.config import AuthSettings
+from aiinfra.vectors.limits import IndexLimits
+from aiinfra.vectors.store import FileStore, IndexPath, IndexStore, S3Store
 from fastapi.testclient import TestClient
 
 SearchClient = Callable[..., TestClient]
+NO_AUTH = AuthSettings(mode="none", agent_claim="agents")
 
 
 def s3_client(endpoint: str) -> Any:
@@ -47,19 +52,44 @@ def s3_store(moto_endpoint: str, tmp_path: Path) -> S3Store:
 
 @pytest.fixture
 def search_client() -> Iterator[SearchClient]:
-    """`search_client(store, refresh_seconds=0.0, encode=None)`: the search API over `store`."""
+    """`search_client(store, refresh_seconds=0.0, encode=None, limits=None, auth=None)`: the search
+    API over `store` (AUTH_MODE=none unless `auth` says otherwise)."""
     clients: list[TestClient] = []
 
     def build(
-        store: IndexStore, refresh_seconds: float = 0.0, encode: TextEncoder | None = None
+        store: IndexStore,
+        refresh_seconds: float = 0.0,
+        encode: TextEncoder | None = None,
+        limits: IndexLimits | None = None,
+        auth: AuthSettings = NO_AUTH,
     ) -> TestClient:
-        client = TestClient(create_search_app(store, encode=encode, refresh_seconds=refresh_seconds))
+        app = create_search_app(
+            store, encode=encode, refresh_seconds=refresh_seconds, limits=limits, auth=auth
+        )
+        client = TestClient(app)
         clients.append(client)
         return client
 
     yield build
     for client in clients:
         client.close()
+
+
+def shard_path(name: str, shard: int = 0, tenant: str = LOCAL_TENANT) -> str:
+    """Where a shard of an index lives in its store (what the store's methods call its name)."""
+    return IndexPath(tenant, name).shard(shard)
+
+
+def wait_for_compaction(client: TestClient, name: str, timeout: float = 120.0) -> dict[str, Any]:
+    """GET /indexes/{name} once no compaction job of it is queued or running (they run on a
+    background thread of the app's process)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info: dict[str, Any] = client.get(f"/indexes/{name}").json()
+        if info["compaction"]["state"] == "idle":
+            return info
+        assert time.monotonic() < deadline, f"compaction of {name!r} still {info['compaction']['state']}"
+        time.sleep(0.02)
 
 
 _MISSING = object()

@@ -10,10 +10,14 @@ import sys
 from pathlib import Path
 
 from aiinfra.api.search import create_search_app
+from aiinfra.vectors.limits import IndexLimits
 from aiinfra.vectors.store import FileStore, IndexStore, S3Store
 from fastapi.testclient import TestClient
 
 from tests.support.search import s3_client
+
+# Writes race here, not compactions: none starts by itself (the compaction race test asks for them).
+RACE_LIMITS = IndexLimits(max_deltas=10_000, compact_after_deltas=10_000, compact_after_rows=10**9)
 
 
 def open_test_store(spec: str) -> IndexStore:
@@ -25,7 +29,7 @@ def open_test_store(spec: str) -> IndexStore:
 
 
 def main(spec: str, name: str, prefix: str, count: int) -> None:
-    client = TestClient(create_search_app(open_test_store(spec)))
+    client = TestClient(create_search_app(open_test_store(spec), limits=RACE_LIMITS))
     for i in range(count):
         item = {"id": f"{prefix}-{i}", "vector": [float(i + 1), 1.0, 0.5, -1.0]}
         answer = client.post(f"/indexes/{name}/upsert", json={"items": [item]})

@@ -10,7 +10,12 @@ import yaml
 from tests.conftest import REPO_ROOT
 
 TEMPLATE = REPO_ROOT / "template.yaml"
-LOGICAL_IDS = {"embed": "EmbedFunction", "search": "SearchFunction", "memory": "MemoryFunction"}
+LOGICAL_IDS = {
+    "embed": "EmbedFunction",
+    "search": "SearchFunction",
+    "memory": "MemoryFunction",
+    "indexer": "IndexerFunction",
+}
 
 
 class _CloudFormationLoader(yaml.SafeLoader):

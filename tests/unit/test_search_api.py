@@ -15,7 +15,7 @@ import pytest
 from aiinfra.vectors.store import FileStore
 from aiinfra.vectors.writer import ORPHAN_GRACE_SECONDS
 
-from tests.support.search import SearchClient, orphan_segment
+from tests.support.search import SearchClient, orphan_segment, shard_path, wait_for_compaction
 
 DIM = 16
 
@@ -50,12 +50,35 @@ def _error(answer: Any, status: int) -> str:
         ("put", "/indexes/Docs", {"dimension": 4}, 400, "path.name"),
         ("put", "/indexes/" + "a" * 65, {"dimension": 4}, 400, "path.name"),
         ("put", "/indexes/x", {"dimension": 4, "metric": "cos"}, 400, "metric"),
-        ("put", "/indexes/x", {"dimension": 4, "factory": "HNSW32,Bogus"}, 400, "not a valid FAISS factory"),
-        ("put", "/indexes/x", {"dimension": 10, "factory": "IVF16,PQ3"}, 400, "not a valid FAISS factory"),
-        ("put", "/indexes/x", {"dimension": 4, "factory": "IVF100000000,Flat"}, 400, "numbers above 1048576"),
-        ("put", "/indexes/x", {"dimension": 4, "factory": "IDMap,Flat"}, 400, "IDMap is not allowed"),
+        (
+            "put",
+            "/indexes/x",
+            {"dimension": 4, "factory": "HNSW32,Bogus"},
+            400,
+            "not an allowed shape; allowed: Flat",
+        ),
+        (
+            "put",
+            "/indexes/x",
+            {"dimension": 10, "factory": "IVF16,PQ3"},
+            400,
+            "PQ's m must divide the dimension 10",
+        ),
+        (
+            "put",
+            "/indexes/x",
+            {"dimension": 4, "factory": "IVF100000000,Flat"},
+            400,
+            "lists must be 1 to 65536",
+        ),
+        ("put", "/indexes/x", {"dimension": 4, "factory": "HNSW65"}, 400, "M must be 4 to 64"),
+        ("put", "/indexes/x", {"dimension": 4, "factory": "IDMap,Flat"}, 400, "not an allowed shape"),
+        ("put", "/indexes/x", {"dimension": 4, "factory": "Flat,RFlat"}, 400, "re-ranks a compressed index"),
+        ("put", "/indexes/x", {"dimension": 4, "shards": 0}, 400, "shards"),
+        ("put", "/indexes/x", {"dimension": 4, "shards": 65}, 400, "shards"),
         ("put", "/indexes/x", {"dimension": 0}, 400, "dimension"),
         ("put", "/indexes/docs", {"dimension": 8}, 409, "exists with dimension 16"),
+        ("put", "/indexes/docs", {"dimension": DIM, "shards": 2}, 409, "1 shards"),
         ("post", "/indexes/docs/query", {"vector": [0.1] * 3}, 400, "dimension 3, the index has 16"),
         ("post", "/indexes/docs/query", {"vector": [0.1] * DIM, "k": 0}, 400, "k:"),
         ("post", "/indexes/docs/query", {"vector": [0.1] * DIM, "k": 1001}, 400, "k:"),
@@ -73,6 +96,13 @@ def _error(answer: Any, status: int) -> str:
             "post",
             "/indexes/docs/upsert",
             {"items": [{"id": "a", "vector": [1] * DIM, "metadata": {"x": [1]}}]},
+            400,
+            "metadata",
+        ),
+        (
+            "post",
+            "/indexes/docs/upsert",
+            {"items": [{"id": "a", "vector": [1] * DIM, "metadata": {"big": 2**70}}]},
             400,
             "metadata",
         ),
@@ -168,7 +198,8 @@ def test_trained_factories_find_neighbours_and_honour_filters(
     )
     items = _items(600, seed=1)
     assert client.post("/indexes/trained/upsert", json={"items": items}).status_code == 200
-    assert client.post("/indexes/trained/compact").json()["segments"] == 1
+    assert client.post("/indexes/trained/compact").status_code == 202
+    assert wait_for_compaction(client, "trained")["segments"] == 1
     vectors = np.array([item["vector"] for item in items], dtype=np.float32)
     found = 0
     for i in range(0, 600, 60):
@@ -200,7 +231,8 @@ def test_a_refined_factory_reranks_with_exact_scores_from_the_segments_own_vecto
     assert client.put("/indexes/refined", json=body).status_code == 201
     items = _items(600, seed=2)
     assert client.post("/indexes/refined/upsert", json={"items": items}).status_code == 200
-    assert client.post("/indexes/refined/compact").json()["segments"] == 1
+    assert client.post("/indexes/refined/compact").status_code == 202
+    assert wait_for_compaction(client, "refined")["segments"] == 1
     vectors = np.array([item["vector"] for item in items], dtype=np.float32)
     query = vectors[7] + 0.1
     answer = client.post("/indexes/refined/query", json={"vector": query.tolist(), "k": 5, "nprobe": 4})
@@ -244,7 +276,8 @@ def test_a_corrupt_segment_is_refused_and_the_last_good_version_served(
         ).status_code
         == 200
     )
-    newest = max((tmp_path / "store" / "c" / "segments").iterdir(), key=lambda p: p.stat().st_mtime)
+    segments = tmp_path / "store" / shard_path("c") / "segments"
+    newest = max(segments.iterdir(), key=lambda p: p.stat().st_mtime)
     with open(newest / "vectors.faiss", "r+b") as damaged:
         damaged.truncate(10)
     answer = reader.get("/indexes/c")
@@ -262,12 +295,14 @@ def test_compaction_sweeps_segments_no_manifest_names_once_past_the_grace(
     assert client.put("/indexes/swept", json={"dimension": DIM}).status_code == 201
     assert client.post("/indexes/swept/upsert", json={"items": _items(30)}).status_code == 200
     stale, fresh = "a" * 32, "b" * 32
-    orphan_segment(file_store, "swept", stale)
-    orphan_segment(file_store, "swept", fresh)  # maybe a write still in flight: too young to sweep
+    shard = shard_path("swept")
+    orphan_segment(file_store, shard, stale)
+    orphan_segment(file_store, shard, fresh)  # maybe a write still in flight: too young to sweep
     long_ago = time.time() - 2 * ORPHAN_GRACE_SECONDS
-    os.utime(file_store.root / "swept" / "segments" / stale, (long_ago, long_ago))
-    assert client.post("/indexes/swept/compact").json()["segments"] == 1
-    named = {ref["id"] for ref in json.loads((file_store.read_manifest("swept") or (b"{}",))[0])["segments"]}
-    assert set(file_store.segment_ages("swept")) == named | {fresh}
+    os.utime(file_store.root / shard / "segments" / stale, (long_ago, long_ago))
+    assert client.post("/indexes/swept/compact").status_code == 202
+    assert wait_for_compaction(client, "swept")["segments"] == 1
+    named = {ref["id"] for ref in json.loads((file_store.read_manifest(shard) or (b"{}",))[0])["segments"]}
+    assert set(file_store.segment_ages(shard)) == named | {fresh}
     query = client.post("/indexes/swept/query", json={"vector": _items(30)[4]["vector"], "k": 1})
     assert query.json()["matches"][0]["id"] == "item-4"

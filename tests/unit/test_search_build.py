@@ -17,6 +17,7 @@ from aiinfra.vectors import build
 from aiinfra.vectors.build import write_base
 from aiinfra.vectors.errors import InvalidIndexInput
 from aiinfra.vectors.filter import compile_filter
+from aiinfra.vectors.limits import IndexLimits
 from aiinfra.vectors.manifest import Metric, SegmentRef
 from aiinfra.vectors.reader import IndexRegistry, IndexSnapshot
 from aiinfra.vectors.segment import (
@@ -26,7 +27,7 @@ from aiinfra.vectors.segment import (
     write_flat_vectors,
     write_segment,
 )
-from aiinfra.vectors.store import FileStore
+from aiinfra.vectors.store import FileStore, IndexPath
 from aiinfra.vectors.writer import IndexWriter, _build_index, _live_items
 
 DIM = 24
@@ -58,13 +59,16 @@ class Index:
 
     def __init__(self, root: Path, factory: str, metric: Metric, rows: int) -> None:
         self.store = FileStore(root / "store")
-        self.writer = IndexWriter(self.store, IndexRegistry(self.store, 60.0))
-        self.writer.create("docs", DIM, metric, factory)
+        # No compaction starts by itself: the test folds exactly when it says.
+        limits = IndexLimits(compact_after_deltas=1000, compact_after_rows=10**9)
+        self.writer = IndexWriter(self.store, IndexRegistry(self.store, 60.0), limits)
+        self.index = IndexPath("tenant", "docs")
+        self.writer.create(self.index, DIM, metric, factory)
         self.metric = metric
         self.live: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
         half = rows // 2
         self.upsert(range(half), seed=1, version=0)
-        self.writer.compact("docs")
+        self.writer.compact_now(self.index)
         self.upsert(range(half, rows), seed=2, version=1)
         self.upsert(range(rows // 10, rows // 5), seed=3, version=2)  # replaces rows of the base
         self.delete([*range(rows // 20), *range(half + 10, half + 40)])  # base and delta rows
@@ -74,7 +78,7 @@ class Index:
         ids = [f"doc-{i}" for i in numbers]
         vectors = _clustered(len(ids), seed)
         metadata = [_metadata(i, version) for i in numbers]
-        self.writer.upsert("docs", ids, vectors, metadata)
+        self.writer.upsert(self.index, ids, vectors, metadata)
         for item_id, vector, row in zip(ids, vectors, metadata, strict=True):
             if self.metric == "cosine":
                 vector = vector / np.linalg.norm(vector)
@@ -82,12 +86,12 @@ class Index:
 
     def delete(self, numbers: list[int]) -> None:
         ids = [f"doc-{i}" for i in numbers]
-        self.writer.delete("docs", ids)
+        self.writer.delete(self.index, ids)
         for item_id in ids:
             self.live.pop(item_id, None)
 
     def snapshot(self) -> IndexSnapshot:
-        return self.writer.registry.snapshot("docs")
+        return self.writer.registry.snapshot(self.index.shard(0))
 
     def truth(self, queries: np.ndarray, where: Any = None) -> list[list[str]]:
         """The exact top K ids per query among the live items matching `where` (a predicate)."""

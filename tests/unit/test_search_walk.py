@@ -11,7 +11,7 @@ import pytest
 from aiinfra.vectors.filter import compile_filter
 from aiinfra.vectors.reader import REFINE_FACTOR, IndexReader, IndexRegistry, search_parameters
 from aiinfra.vectors.segment import hnsw_sq8_walk
-from aiinfra.vectors.store import FileStore
+from aiinfra.vectors.store import FileStore, IndexPath
 from aiinfra.vectors.writer import IndexWriter
 
 DIM = 40
@@ -151,12 +151,13 @@ def test_other_indexes_are_left_to_faiss(factory: str, metric: int, refined: boo
 def test_the_reader_walks_unfiltered_queries_and_hands_filters_to_faiss(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     writer = IndexWriter(store, IndexRegistry(store, 60.0))
-    writer.create("docs", DIM, "cosine", "HNSW16,SQ8,RFlat")
+    index = IndexPath("tenant", "docs")
+    writer.create(index, DIM, "cosine", "HNSW16,SQ8,RFlat")
     vectors = _clustered(800, 10)
     ids = [f"doc-{i}" for i in range(800)]
-    writer.upsert("docs", ids, vectors, [{"even": i % 2 == 0} for i in range(800)])
-    writer.compact("docs")
-    snapshot = IndexReader(store, "docs", 60.0).snapshot()
+    writer.upsert(index, ids, vectors, [{"even": i % 2 == 0} for i in range(800)])
+    assert [outcome and outcome.result for outcome in writer.compact_now(index)] == ["ok"]
+    snapshot = IndexReader(store, index.shard(0), 60.0).snapshot()
     [view] = snapshot.views
     assert view.segment.walk is not None and view.live is None
     queries = _clustered(20, 11)
@@ -171,8 +172,8 @@ def test_the_reader_walks_unfiltered_queries_and_hands_filters_to_faiss(tmp_path
         [ids[j] for j in row] for row in exact_even
     ]
     # A deleted item leaves a dead row: FAISS searches that segment, with the live rows' bitmap.
-    writer.delete("docs", [ids[exact[0][0]]])
-    after = IndexReader(store, "docs", 60.0).snapshot()
+    writer.delete(index, [ids[exact[0][0]]])
+    after = IndexReader(store, index.shard(0), 60.0).snapshot()
     assert after.views[0].live is not None
     top6 = np.argsort(-(vectors @ queries[0]), kind="stable")[:6]
     found = after.search(queries[:1], 5, ef_search=800).matches(0)

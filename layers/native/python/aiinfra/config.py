@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiinfra.vectors.limits import IndexLimits
+
 EMBED_MODEL_IDS = ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-int8")
 LAYER_MODEL_DIR = Path("/opt/model")
 
@@ -92,12 +94,14 @@ def _model_store() -> str | None:
 class AuthSettings:
     mode: str
     agent_claim: str
+    tenant_claim: str = "tenant"
 
 
 def auth_settings() -> AuthSettings:
     return AuthSettings(
         mode=env_choice("AUTH_MODE", "jwt", ("jwt", "none")),
         agent_claim=_env("AUTH_AGENT_CLAIM", "agents") or "agents",
+        tenant_claim=_env("AUTH_TENANT_CLAIM", "tenant") or "tenant",
     )
 
 
@@ -164,6 +168,8 @@ def _is_s3_object(uri: str | None) -> bool:
 class SearchSettings:
     index_store: str
     refresh_seconds: float
+    limits: IndexLimits
+    compaction_function: str | None  # the indexer; None: compactions run on a background thread
 
 
 def search_settings() -> SearchSettings:
@@ -172,4 +178,18 @@ def search_settings() -> SearchSettings:
         raise ConfigError("INDEX_STORE is not set (file:///absolute/dir or s3://bucket/prefix)")
     if not (store.startswith("file:///") or (store.startswith("s3://") and len(store) > len("s3://"))):
         raise ConfigError(f"INDEX_STORE={store!r} must be file:///absolute/dir or s3://bucket/prefix")
-    return SearchSettings(index_store=store, refresh_seconds=env_float("INDEX_REFRESH_SECONDS", 5.0))
+    defaults = IndexLimits()
+    limits = IndexLimits(
+        max_indexes=env_int("INDEX_MAX_PER_TENANT", defaults.max_indexes, minimum=1),
+        max_rows=env_int("INDEX_MAX_ROWS_PER_SHARD", defaults.max_rows, minimum=1),
+        max_deltas=env_int("INDEX_MAX_DELTAS_PER_SHARD", defaults.max_deltas, minimum=1),
+        compact_after_deltas=env_int("INDEX_COMPACT_AFTER_DELTAS", defaults.compact_after_deltas, minimum=1),
+        compact_after_rows=env_int("INDEX_COMPACT_AFTER_ROWS", defaults.compact_after_rows, minimum=1),
+        lease_seconds=env_float("INDEX_COMPACTION_LEASE_SECONDS", defaults.lease_seconds, minimum=1.0),
+    )
+    return SearchSettings(
+        index_store=store,
+        refresh_seconds=env_float("INDEX_REFRESH_SECONDS", 5.0),
+        limits=limits,
+        compaction_function=_env("INDEX_COMPACTION_FUNCTION"),
+    )

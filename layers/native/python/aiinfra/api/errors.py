@@ -80,6 +80,22 @@ class AnswerTooLarge(ApiError):
     type = "answer_too_large"
 
 
+class TooManyRequests(ApiError):
+    """A quota is reached (`param` names it); with `retry_after_seconds`, a bound that frees up by itself."""
+
+    status = 429
+    type = "quota_exceeded"
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after_seconds: int | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_seconds is None else {"Retry-After": str(self.retry_after_seconds)}
+
+
 class IntegrityFailure(ApiError):
     """A stored value failed authentication (tampered or moved): never returned, always a 500."""
 

@@ -1,7 +1,9 @@
-"""Search routes: create, describe and drop an index; upsert, delete, query and compact it.
+"""Search routes: create, list, describe and drop an index; upsert, delete, query and compact it.
 
-Scores in query answers: cosine similarity for `cosine`, inner product for `ip` (higher is better),
-squared Euclidean distance for `l2` (lower is better); matches come best first.
+Every route acts inside the caller's tenant (its token's tenant claim; one local tenant under
+AUTH_MODE=none): names are per tenant, and another tenant's index answers 404, as one that does not
+exist. Scores in query answers: cosine similarity for `cosine`, inner product for `ip` (higher is
+better), squared Euclidean distance for `l2` (lower is better); matches come best first.
 """
 
 from __future__ import annotations
@@ -12,30 +14,44 @@ from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints, model_validator
 from starlette.responses import Response
 
 from aiinfra import snapstart
 from aiinfra.api.app import MAX_ANSWER_BYTES, create_app, json_response
+from aiinfra.api.auth import principal
 from aiinfra.api.errors import (
     AnswerTooLarge,
     Conflict,
+    Forbidden,
     InvalidRequest,
     NotFound,
+    TooManyRequests,
+    Unauthorized,
     Unavailable,
     error_responses,
 )
 from aiinfra.api.openapi import ResponseBody, documented
-from aiinfra.config import ConfigError, embed_settings, search_settings
+from aiinfra.config import AuthSettings, ConfigError, auth_settings, embed_settings, search_settings
 from aiinfra.embedding.catalog import ModelCatalog, ModelFetchFailed
 from aiinfra.observability import MetricUnit, logger, metrics
-from aiinfra.vectors.errors import IndexConflict, IndexNotFound, IndexUnavailable, InvalidIndexInput
+from aiinfra.vectors.errors import (
+    IndexBusy,
+    IndexConflict,
+    IndexNotFound,
+    IndexQuotaExceeded,
+    IndexUnavailable,
+    InvalidIndexInput,
+)
 from aiinfra.vectors.filter import FilterError, compile_filter
-from aiinfra.vectors.manifest import INDEX_NAME_PATTERN, Metric
-from aiinfra.vectors.reader import IndexRegistry, IndexSnapshot, Match
-from aiinfra.vectors.store import IndexStore, open_store
+from aiinfra.vectors.jobs import LambdaCompactions
+from aiinfra.vectors.limits import IndexLimits
+from aiinfra.vectors.manifest import INDEX_NAME_PATTERN, MAX_SHARDS, IndexManifest, Metric
+from aiinfra.vectors.query import Answer, Found, LocalShards, ShardQuery, compaction_state, describe
+from aiinfra.vectors.reader import IndexRegistry
+from aiinfra.vectors.store import IndexPath, IndexStore, open_store
 from aiinfra.vectors.writer import IndexWriter, normalise
 
 MAX_DIMENSION = 4096
@@ -59,7 +75,19 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS,
 MetadataKey = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[^$\x00-\x1f][^\x00-\x1f]*$")
 ]
-MetadataValue = Annotated[str, StringConstraints(max_length=1024)] | bool | int | Finite | None
+MAX_INTEGER = 2**53  # metadata numbers filter as float64, which holds every integer up to this exactly
+
+
+def _not_an_integer(value: Any) -> Any:
+    # An integer out of range is refused, never turned into a float that is not the caller's number.
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f"integers must be within -2**53 and 2**53, got {value}")
+    return value
+
+
+Integer = Annotated[int, Field(ge=-MAX_INTEGER, le=MAX_INTEGER)]
+Real = Annotated[float, BeforeValidator(_not_an_integer), Field(allow_inf_nan=False)]
+MetadataValue = Annotated[str, StringConstraints(max_length=1024)] | bool | Integer | Real | None
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=32)]
 
 
@@ -69,6 +97,22 @@ class CreateIndex(BaseModel):
     factory: str = Field(
         default="Flat", min_length=1, max_length=128, description="A FAISS index factory string, e.g. HNSW32."
     )
+    shards: int = Field(
+        default=1, ge=1, le=MAX_SHARDS, description="Items go to a shard by a hash of their id."
+    )
+
+
+class CompactionOutcomeBody(ResponseBody):
+    result: str
+    finished_at: str
+    seconds: float
+    rows: int
+    message: str | None = None
+
+
+class CompactionBody(ResponseBody):
+    state: str = Field(description="`idle`, `queued` or `running` (over all shards)")
+    last: CompactionOutcomeBody | None
 
 
 class IndexInfo(ResponseBody):
@@ -76,9 +120,21 @@ class IndexInfo(ResponseBody):
     dimension: int
     metric: Metric
     factory: str
-    version: int
+    shards: int
+    version: int = Field(description="the sum of the shards' versions: it grows with every change")
     count: int
+    segments: int = Field(description="over all shards")
+    compaction: CompactionBody
+
+
+class CompactionAccepted(ResponseBody):
+    name: str
     segments: int
+    compaction: CompactionBody
+
+
+class IndexList(ResponseBody):
+    indexes: list[str]
 
 
 class Item(BaseModel):
@@ -104,7 +160,7 @@ class DeleteRequest(BaseModel):
 
 class WriteResult(ResponseBody):
     count: int
-    version: int
+    version: int = Field(description="the sum of the versions of the shards this write changed")
 
 
 class QueryRequest(BaseModel):
@@ -138,6 +194,8 @@ class QueryResponse(ResponseBody):
     matches: list[QueryMatch] | None = Field(default=None, description="For `vector` and `text`.")
     results: list[QueryResult] | None = Field(default=None, description="For `vectors`, one per query.")
     version: int
+    partial: bool = Field(description="true when a shard did not answer: see `missing_shards`")
+    missing_shards: list[int] | None = None
 
 
 def lazy_text_encoder() -> TextEncoder:
@@ -178,13 +236,11 @@ def _text_matrix(encode: TextEncoder, texts: list[str], dimension: int) -> np.nd
     return encode(texts)
 
 
-def _refuse_overlong(per_query: list[list[Match]], include_metadata: bool) -> None:
+def _refuse_overlong(per_query: list[list[Found]], include_metadata: bool) -> None:
     """AnswerTooLarge, before any metadata is read, when what the answer holds at least (the ids,
     and the metadata's stored JSON when asked for) exceeds what one answer carries."""
     least = sum(
-        len(m.id) + (m.segment.metadata_bytes(m.row) if include_metadata else 0)
-        for matches in per_query
-        for m in matches
+        len(m.id) + (m.metadata_size() if include_metadata else 0) for matches in per_query for m in matches
     )
     if least > MAX_ANSWER_BYTES:
         what = "ids and metadata" if include_metadata else "ids"
@@ -195,48 +251,55 @@ def _refuse_overlong(per_query: list[list[Match]], include_metadata: bool) -> No
         )
 
 
-def _answer(matches: list[Match], include_metadata: bool) -> list[dict[str, Any]]:
+def _answer(matches: list[Found], include_metadata: bool) -> list[dict[str, Any]]:
     if include_metadata:
-        return [{"id": m.id, "score": m.score, "metadata": m.segment.metadata(m.row)} for m in matches]
+        return [{"id": m.id, "score": m.score, "metadata": m.metadata()} for m in matches]
     return [{"id": m.id, "score": m.score} for m in matches]
 
 
-def _info(snapshot: IndexSnapshot) -> dict[str, Any]:
-    manifest = snapshot.manifest
-    return {
-        "name": manifest.name,
-        "dimension": manifest.dimension,
-        "metric": manifest.metric,
-        "factory": manifest.factory,
-        "version": manifest.version,
-        "count": snapshot.count,
-        "segments": len(manifest.segments),
-    }
+def _written(count: int, manifests: list[IndexManifest]) -> dict[str, Any]:
+    return {"count": count, "version": sum(manifest.version for manifest in manifests)}
 
 
 @contextlib.contextmanager
-def _index_faults() -> Iterator[None]:
+def _index_faults(name: str) -> Iterator[None]:
     """Maps the index's outcomes to API errors; the store's own detail goes to the log only."""
     try:
         yield
-    except IndexNotFound as error:
-        raise NotFound(str(error), param="name") from None
+    except IndexNotFound:
+        raise NotFound(f"index {name!r} does not exist", param="name") from None
     except IndexConflict as error:
         raise Conflict(str(error)) from None
     except InvalidIndexInput as error:
         raise InvalidRequest(str(error), param=error.param) from None
+    except IndexQuotaExceeded as error:
+        raise TooManyRequests(str(error), param=error.quota) from None
+    except IndexBusy as error:
+        raise TooManyRequests(str(error), retry_after_seconds=error.retry_after_seconds) from None
     except IndexUnavailable as error:
-        logger().warning("index store unavailable", extra={"reason": error.detail})
+        logger().warning("index store unavailable", extra={"index": name, "reason": error.detail})
         raise Unavailable(str(error), retry_after_seconds=error.retry_after_seconds) from None
 
 
-def router(registry: IndexRegistry, writer: IndexWriter, encode: TextEncoder) -> APIRouter:
-    """The search routes over the indexes `registry` reads and `writer` writes."""
+def router(
+    registry: IndexRegistry,
+    writer: IndexWriter,
+    encode: TextEncoder,
+    auth: AuthSettings,
+    shards: LocalShards | None = None,
+) -> APIRouter:
+    """The search routes over the indexes `registry` reads and `writer` writes, each caller inside its
+    tenant; queries go to `shards` (this process's, by default)."""
     routes = APIRouter(tags=["search"])
-    errors = error_responses(NotFound, Unavailable)
+    shards = shards or LocalShards(registry)
+    errors = error_responses(Unauthorized, Forbidden, NotFound, Unavailable)
+    writes = error_responses(Unauthorized, Forbidden, NotFound, TooManyRequests, Unavailable)
 
-    def items_matrix(name: str, items: list[Item]) -> np.ndarray:
-        dimension = writer.manifest(name)[0].dimension
+    def locate(request: Request, name: str) -> IndexPath:
+        return IndexPath(principal(request, auth).require_tenant(), name)
+
+    def items_matrix(index: IndexPath, items: list[Item]) -> np.ndarray:
+        dimension = writer.manifest(index.shard(0))[0].dimension
         rows = np.zeros((len(items), dimension), dtype=np.float32)
         vector_rows = [i for i, item in enumerate(items) if item.vector is not None]
         text_rows = [i for i, item in enumerate(items) if item.text is not None]
@@ -248,6 +311,13 @@ def router(registry: IndexRegistry, writer: IndexWriter, encode: TextEncoder) ->
             rows[text_rows] = _text_matrix(encode, [items[i].text or "" for i in text_rows], dimension)
         return rows
 
+    @routes.get("/indexes", response_class=Response, responses={200: documented(IndexList), **errors})
+    def list_indexes(request: Request) -> Response:
+        tenant = principal(request, auth).require_tenant()
+        with _index_faults(""):
+            names = writer.store.list_indexes(IndexPath(tenant, "").tenant_folder)
+        return json_response({"indexes": names})
+
     @routes.put(
         "/indexes/{name}",
         status_code=201,
@@ -255,98 +325,123 @@ def router(registry: IndexRegistry, writer: IndexWriter, encode: TextEncoder) ->
         responses={
             200: documented(IndexInfo),
             201: documented(IndexInfo),
-            **error_responses(Conflict, Unavailable),
+            **writes,
+            **error_responses(Conflict),
         },
     )
-    def create_index(name: IndexName, request: CreateIndex) -> Response:
-        with _index_faults():
-            _, created = writer.create(name, request.dimension, request.metric, request.factory)
-            return json_response(_info(registry.snapshot(name)), 201 if created else 200)
+    def create_index(request: Request, name: IndexName, body: CreateIndex) -> Response:
+        index = locate(request, name)
+        with _index_faults(name):
+            _, created = writer.create(index, body.dimension, body.metric, body.factory, body.shards)
+            return json_response(describe(registry, index), 201 if created else 200)
 
     @routes.get("/indexes/{name}", response_class=Response, responses={200: documented(IndexInfo), **errors})
-    def describe_index(name: IndexName) -> Response:
-        with _index_faults():
-            return json_response(_info(registry.snapshot(name)))
+    def describe_index(request: Request, name: IndexName) -> Response:
+        index = locate(request, name)
+        with _index_faults(name):
+            return json_response(describe(registry, index))
 
     @routes.delete("/indexes/{name}", status_code=204, response_class=Response, responses=errors)
-    def drop_index(name: IndexName) -> Response:
-        with _index_faults():
-            writer.drop(name)
+    def drop_index(request: Request, name: IndexName) -> Response:
+        index = locate(request, name)
+        with _index_faults(name):
+            writer.drop(index)
         return Response(status_code=204)
 
     @routes.post(
-        "/indexes/{name}/upsert", response_class=Response, responses={200: documented(WriteResult), **errors}
+        "/indexes/{name}/upsert", response_class=Response, responses={200: documented(WriteResult), **writes}
     )
-    def upsert(name: IndexName, request: UpsertRequest) -> Response:
-        ids = [item.id for item in request.items]
-        with _index_faults():
-            vectors = items_matrix(name, request.items)
-            manifest = writer.upsert(name, ids, vectors, [item.metadata for item in request.items])
+    def upsert(request: Request, name: IndexName, body: UpsertRequest) -> Response:
+        index = locate(request, name)
+        ids = [item.id for item in body.items]
+        with _index_faults(name):
+            vectors = items_matrix(index, body.items)
+            manifests = writer.upsert(index, ids, vectors, [item.metadata for item in body.items])
         metrics().add_metric(name="UpsertedItems", unit=MetricUnit.Count, value=len(ids))
-        return json_response({"count": len(ids), "version": manifest.version})
+        return json_response(_written(len(ids), manifests))
 
     @routes.post(
-        "/indexes/{name}/delete", response_class=Response, responses={200: documented(WriteResult), **errors}
+        "/indexes/{name}/delete", response_class=Response, responses={200: documented(WriteResult), **writes}
     )
-    def delete(name: IndexName, request: DeleteRequest) -> Response:
-        with _index_faults():
-            manifest = writer.delete(name, request.ids)
-        return json_response({"count": len(request.ids), "version": manifest.version})
+    def delete(request: Request, name: IndexName, body: DeleteRequest) -> Response:
+        index = locate(request, name)
+        with _index_faults(name):
+            manifests = writer.delete(index, body.ids)
+        return json_response(_written(len(body.ids), manifests))
 
     @routes.post(
         "/indexes/{name}/query", response_class=Response, responses={200: documented(QueryResponse), **errors}
     )
-    def query(name: IndexName, request: QueryRequest) -> Response:
+    def query(request: Request, name: IndexName, body: QueryRequest) -> Response:
         started = time.perf_counter()
+        index = locate(request, name)
         try:
-            program = compile_filter(request.filter) if request.filter is not None else None
+            program = compile_filter(body.filter) if body.filter is not None else None
         except FilterError as exc:
             raise InvalidRequest(str(exc), param="filter") from None
-        with _index_faults():
-            snapshot = registry.snapshot(name)
-        dimension = snapshot.manifest.dimension
-        if request.text is not None:
-            queries = _text_matrix(encode, [request.text], dimension)
+        with _index_faults(name):
+            first = shards.first(index)
+            if body.text is not None:
+                queries = _text_matrix(encode, [body.text], first.dimension)
+            else:
+                queries = _matrix(body.vectors or [body.vector or []], first.dimension, "vector")
+            shard_query = ShardQuery(
+                normalise(queries, first.metric), body.k, program, body.nprobe, body.ef_search
+            )
+            answer: Answer = shards.search(index, first, shard_query)
+        _refuse_overlong(answer.matches, body.include_metadata)
+        result: dict[str, Any] = {"version": answer.version, "partial": bool(answer.missing)}
+        if answer.missing:
+            result["missing_shards"] = answer.missing
+        if body.vectors is not None:
+            result["results"] = [{"matches": _answer(m, body.include_metadata)} for m in answer.matches]
         else:
-            queries = _matrix(request.vectors or [request.vector or []], dimension, "vector")
-        queries = normalise(queries, snapshot.manifest.metric)
-        found = snapshot.search(queries, request.k, program, request.nprobe, request.ef_search)
-        per_query = [found.matches(q) for q in range(len(queries))]
-        _refuse_overlong(per_query, request.include_metadata)
-        body: dict[str, Any] = {"version": snapshot.manifest.version}
-        if request.vectors is not None:
-            body["results"] = [
-                {"matches": _answer(matches, request.include_metadata)} for matches in per_query
-            ]
-        else:
-            body["matches"] = _answer(per_query[0], request.include_metadata)
+            result["matches"] = _answer(answer.matches[0], body.include_metadata)
         latency_ms = (time.perf_counter() - started) * 1e3
         metrics().add_metric(name="QueryLatency", unit=MetricUnit.Milliseconds, value=latency_ms)
-        return json_response(body)
+        return json_response(result)
 
     @routes.post(
         "/indexes/{name}/compact",
+        status_code=202,
         response_class=Response,
-        responses={200: documented(IndexInfo), **error_responses(NotFound, Conflict, Unavailable)},
+        responses={202: documented(CompactionAccepted), **errors},
     )
-    def compact(name: IndexName) -> Response:
-        with _index_faults():
-            writer.compact(name)
-            return json_response(_info(registry.snapshot(name)))
+    def compact(request: Request, name: IndexName) -> Response:
+        index = locate(request, name)
+        with _index_faults(name):
+            manifests = writer.request_compaction(index)
+        accepted = {
+            "name": name,
+            "segments": sum(len(manifest.segments) for manifest in manifests),
+            "compaction": compaction_state(manifests, writer.clock()),
+        }
+        return json_response(accepted, 202)
 
     return routes
 
 
 def create_search_app(
-    store: IndexStore | None = None, encode: TextEncoder | None = None, refresh_seconds: float = 0.0
+    store: IndexStore | None = None,
+    encode: TextEncoder | None = None,
+    refresh_seconds: float = 0.0,
+    limits: IndexLimits | None = None,
+    auth: AuthSettings | None = None,
 ) -> FastAPI:
-    """The search function's app over `store` (from the environment when None). Every index in the
-    store is loaded now, during the init, and re-checked after each SnapStart restore."""
+    """The search function's app over `store` (from the environment when None, with its settings:
+    refresh window, limits, indexer). Nothing is loaded now: a shard loads on its first use."""
+    compactions = None
     if store is None:
         settings = search_settings()
-        store, refresh_seconds = open_store(settings.index_store), settings.refresh_seconds
+        store, refresh_seconds, limits = (
+            open_store(settings.index_store),
+            settings.refresh_seconds,
+            settings.limits,
+        )
+        if settings.compaction_function:
+            compactions = LambdaCompactions(settings.compaction_function)
     registry = IndexRegistry(store, refresh_seconds)
-    registry.preload()
-    snapstart.after_restore(registry.preload)  # restored copies re-read what changed since the snapshot
-    writer = IndexWriter(store, registry)
-    return create_app("aiinfra search", [router(registry, writer, encode or lazy_text_encoder())])
+    snapstart.after_restore(registry.expire)  # a restored copy re-checks each shard at its next use
+    writer = IndexWriter(store, registry, limits, compactions)
+    auth = auth or auth_settings()
+    return create_app("aiinfra search", [router(registry, writer, encode or lazy_text_encoder(), auth)])

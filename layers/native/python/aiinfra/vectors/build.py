@@ -14,6 +14,7 @@ import faiss
 import numpy as np
 
 from aiinfra.observability import logger
+from aiinfra.vectors.factory import HNSW_EF_CONSTRUCTION, factory_index
 from aiinfra.vectors.manifest import IndexManifest, SegmentRef
 from aiinfra.vectors.reader import IndexSnapshot
 from aiinfra.vectors.segment import (
@@ -133,8 +134,6 @@ def _write_vectors(manifest: IndexManifest, sources: list[Source], total: int, d
 
 def _trained_index(manifest: IndexManifest, sources: list[Source], total: int) -> faiss.Index | None:
     """The empty factory index, trained; None for Flat, no rows, or too few rows to train."""
-    from aiinfra.vectors.writer import HNSW_EF_CONSTRUCTION, factory_index  # writer imports this module
-
     if manifest.factory == "Flat" or total == 0:
         return None  # vectors.faiss already is the flat index
     index = factory_index(manifest.dimension, manifest.metric, stored_factory(manifest.factory))

@@ -33,6 +33,23 @@ class IndexUnavailable(Exception):
         self.retry_after_seconds = retry_after_seconds
 
 
+class IndexQuotaExceeded(Exception):
+    """A bound that protects the service (indexes per tenant, rows per shard): `quota` names it."""
+
+    def __init__(self, message: str, *, quota: str) -> None:
+        super().__init__(message)
+        self.quota = quota
+
+
+class IndexBusy(Exception):
+    """A shard holds as many delta segments as it may until its compaction, already queued, folds
+    them: retry after `retry_after_seconds`."""
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 def detail_of(error: Exception) -> str:
     """What the log says of `error`: the store's own detail where there is one."""
     return error.detail if isinstance(error, IndexUnavailable) else str(error)

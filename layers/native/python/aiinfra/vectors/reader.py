@@ -39,6 +39,13 @@ class Match:
     segment: Segment
     row: int
 
+    def metadata_size(self) -> int:
+        """The length of the match's stored metadata JSON, read without parsing it."""
+        return self.segment.metadata_bytes(self.row)
+
+    def metadata(self) -> dict[str, Any]:
+        return self.segment.metadata(self.row)
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -231,7 +238,8 @@ class IndexSnapshot:
 
 
 class IndexReader:
-    """The current snapshot of one index, refreshed at most every `refresh_seconds`."""
+    """The current snapshot of one shard of an index (`name`: its store path), refreshed at most
+    every `refresh_seconds`."""
 
     def __init__(
         self,
@@ -254,7 +262,7 @@ class IndexReader:
         if self.clock() - self._checked_at >= self.refresh_seconds:
             self.refresh()
         if self._snapshot is None:
-            raise IndexNotFound(f"index {self.name!r} does not exist")
+            raise IndexNotFound(self.name)
         return self._snapshot
 
     def refresh(self) -> None:
@@ -287,6 +295,18 @@ class IndexReader:
                 self._refuse(problem)
             self._checked_at = started
 
+    def offer(self, manifest: IndexManifest) -> None:
+        """A manifest this instance just wrote: served at once if this shard is loaded here; if it is
+        not, its first use reads the store, which holds it already."""
+        if self._snapshot is not None:
+            self.install(manifest)
+
+    def snapshot_of(self, manifest: IndexManifest) -> IndexSnapshot:
+        """A snapshot of exactly `manifest`, its segments loaded (or shared with the snapshot served),
+        without serving it: what a compaction folds. CorruptSegment or SegmentMissing when one fails."""
+        with self._lock:
+            return IndexSnapshot(manifest, [self._segment(manifest, ref.id) for ref in manifest.segments])
+
     def install(self, manifest: IndexManifest) -> None:
         """Serve `manifest` at once (a write through this instance); never goes back to an older one."""
         with self._lock:
@@ -299,7 +319,9 @@ class IndexReader:
         detail = detail_of(problem)
         logger().error("index version refused", extra={"index": self.name, "problem": detail})
         if self._snapshot is None:
-            raise IndexUnavailable(f"index {self.name!r} cannot be loaded now, retry shortly", detail=detail)
+            raise IndexUnavailable(
+                "the index cannot be loaded now, retry shortly", detail=f"{self.name}: {detail}"
+            )
 
     def _install(self, manifest: IndexManifest) -> None:
         current = self._snapshot
@@ -323,6 +345,9 @@ class IndexReader:
             segment = read_segment(self.store.segment_dir(self.name, segment_id), ref, manifest.dimension)
         return segment
 
+    def expire(self) -> None:
+        self._checked_at = -math.inf
+
     def forget(self) -> None:
         with self._lock:
             self._drop()
@@ -333,7 +358,8 @@ class IndexReader:
 
 
 class IndexRegistry:
-    """One reader per index name, created on first use."""
+    """One reader per shard path, created on first use: an instance loads only the shards its
+    requests touch, when they first touch them."""
 
     def __init__(self, store: IndexStore, refresh_seconds: float) -> None:
         self.store = store
@@ -351,10 +377,8 @@ class IndexRegistry:
     def snapshot(self, name: str) -> IndexSnapshot:
         return self.reader(name).snapshot()
 
-    def preload(self) -> None:
-        """Load every index in the store (at init, so the first query is warm)."""
-        for name in self.store.list_indexes():
-            try:
-                self.snapshot(name)
-            except (IndexNotFound, IndexUnavailable) as exc:
-                logger().warning("index not preloaded", extra={"index": name, "problem": detail_of(exc)})
+    def expire(self) -> None:
+        """Every reader re-checks its manifest at its next use (after a SnapStart restore: the
+        snapshot may be hours old). Nothing is read now, so the restore hook stays instant."""
+        for reader in list(self._readers.values()):
+            reader.expire()

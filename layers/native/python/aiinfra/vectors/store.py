@@ -1,5 +1,10 @@
 """Index stores: where manifests and segments live (`file://dir` or `s3://bucket/prefix`).
 
+Layout: `<root>/t-<tenant digest>/<index name>/<shard>/manifest.json` and `.../<shard>/segments/<id>/`.
+A tenant's indexes sit under a folder named by a digest of its id (any string a token carries, never
+a path of its own), so one tenant can neither name nor list another's. The store's methods take a
+shard's path (`IndexPath.shard`) as the `name` of what they read and write.
+
 The manifest is replaced only by a conditional write: an atomic rename under a lock on
 file://, `If-Match` / `If-None-Match` on S3. Segments are immutable once put.
 """
@@ -17,6 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +30,26 @@ from aiinfra.vectors.errors import IndexUnavailable
 
 MANIFEST = "manifest.json"
 UNAVAILABLE = "the index store is unavailable, retry shortly"
+
+
+@dataclass(frozen=True)
+class IndexPath:
+    """Where one tenant's index lives in a store."""
+
+    tenant: str
+    name: str
+
+    @property
+    def tenant_folder(self) -> str:
+        return tenant_folder(self.tenant)
+
+    def shard(self, shard: int) -> str:
+        """The store path of one of the index's shards: what IndexStore methods call `name`."""
+        return f"{self.tenant_folder}/{self.name}/{shard}"
+
+
+def tenant_folder(tenant: str) -> str:
+    return "t-" + hashlib.blake2b(tenant.encode(), digest_size=16).hexdigest()
 
 
 class ManifestConflict(Exception):
@@ -59,7 +85,8 @@ class IndexStore(Protocol):
     def segment_ages(self, name: str) -> dict[str, float]:
         """Every segment the store holds for the index, by id: seconds since it was written."""
 
-    def list_indexes(self) -> list[str]: ...
+    def list_indexes(self, tenant_folder: str) -> list[str]:
+        """The names of the tenant's indexes (those whose shard 0 has a manifest)."""
 
 
 SEGMENT_ID = re.compile(r"[0-9a-f]{32}")
@@ -82,7 +109,7 @@ class FileStore:
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         index_dir = self.root / name
-        index_dir.mkdir(exist_ok=True)
+        index_dir.mkdir(parents=True, exist_ok=True)
         with open(index_dir / ".lock", "a+b") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
@@ -134,7 +161,7 @@ class FileStore:
     def segment_dir(self, name: str, segment_id: str) -> Path:
         path = self.root / name / "segments" / segment_id
         if not path.is_dir():
-            raise SegmentMissing(f"segment {segment_id} of index {name!r} is missing from {self.root}")
+            raise SegmentMissing(f"segment {segment_id} of {name!r} is missing from {self.root}")
         return path
 
     def delete_segments(self, name: str, segment_ids: list[str]) -> None:
@@ -152,8 +179,8 @@ class FileStore:
             else {}
         )
 
-    def list_indexes(self) -> list[str]:
-        return sorted(p.parent.name for p in self.root.glob(f"*/{MANIFEST}"))
+    def list_indexes(self, tenant_folder: str) -> list[str]:
+        return sorted(p.parent.parent.name for p in (self.root / tenant_folder).glob(f"*/0/{MANIFEST}"))
 
 
 class S3Store:
@@ -274,16 +301,19 @@ class S3Store:
                 for item in listing.get("Contents", []):
                     self.client.delete_object(Bucket=self.bucket, Key=item["Key"])
 
-    def list_indexes(self) -> list[str]:
+    def list_indexes(self, tenant_folder: str) -> list[str]:
         names: list[str] = []
         with self._s3("list indexes"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=self._key() + "/" if self.prefix else "", Delimiter="/"
+                Bucket=self.bucket, Prefix=self._key(tenant_folder) + "/", Delimiter="/"
             )
             for page in pages:
                 for common in page.get("CommonPrefixes", []):
                     name = common["Prefix"].rstrip("/").rsplit("/", 1)[-1]
-                    names.append(name)
+                    manifest = self._key(tenant_folder, name, "0", MANIFEST)
+                    found = self.client.list_objects_v2(Bucket=self.bucket, Prefix=manifest, MaxKeys=1)
+                    if found.get("KeyCount", 0):
+                        names.append(name)
         return sorted(names)
 
 
