@@ -192,9 +192,7 @@ def _keyring_failure(error: Exception, kept: bool) -> None:
     if not isinstance(error, KeyringError):
         logger().warning("memory keyring not loaded: redis unavailable", extra=extra)
         return
-    logger().error(
-        "memory keyring unavailable", extra={**extra, "security_event": "memory_keyring_failure"}
-    )
+    logger().error("memory keyring unavailable", extra={**extra, "security_event": "memory_keyring_failure"})
     metrics().add_metric(name="MemoryKeyringFailures", unit=MetricUnit.Count, value=1)
 
 
