@@ -343,3 +343,13 @@ def test_a_kms_keyring_needs_its_store_setting(monkeypatch: pytest.MonkeyPatch) 
             memory_settings()
     monkeypatch.setenv("MEMORY_KEYRING_STORE", "s3://bucket/keyring/memory.json")
     assert memory_settings().keyring_store == "s3://bucket/keyring/memory.json"
+
+
+def test_a_kms_keyring_without_an_aws_region_fails_the_init_in_one_line(
+    kms_keyring: KmsKeyring, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _function_env(monkeypatch, kms_keyring, redis_server.url)
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    with pytest.raises(ConfigError, match=r"^MEMORY_KEYS=no kms client: NoRegionError$"):
+        load_function("memory")

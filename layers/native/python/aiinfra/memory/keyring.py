@@ -204,10 +204,14 @@ def _write_file(path: Path, keyring: Keyring, *, exclusive: bool = False) -> Non
         staging.replace(path)
 
 
-def _boto3_client(service: str) -> Any:
+def _boto3_client(service: str, setting: str = "MEMORY_KEYS") -> Any:
     import boto3
+    from botocore.exceptions import BotoCoreError
 
-    return boto3.client(service)
+    try:
+        return boto3.client(service)
+    except BotoCoreError as error:  # no region, a malformed endpoint: a misconfiguration
+        raise KeyringError(f"no {service} client: {error.__class__.__name__}", setting) from None
 
 
 def _error_code(error: Exception) -> str:
@@ -232,7 +236,7 @@ class _KeyringObject:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.bucket, _, self.key = uri.removeprefix("s3://").partition("/")
-        self._s3 = _boto3_client("s3")
+        self._s3 = _boto3_client("s3", "MEMORY_KEYRING_STORE")
 
     def _failed(self, action: str, error: Exception) -> KeyringError:
         return KeyringError(f"{self.uri}: {action} failed: {_error_code(error)}", "MEMORY_KEYRING_STORE")
