@@ -218,6 +218,28 @@ def test_concurrent_cold_starts_agree_on_one_first_key(
     raw.close()
 
 
+def test_concurrent_rotations_lose_no_key(
+    kms_keyring: KmsKeyring, redis_factory: Callable[..., RedisServer], agent: str
+) -> None:
+    settings = kms_keyring.settings(redis_factory().url)
+    first = memory_store(settings).codec.current_key_id
+    start = threading.Barrier(4)
+    added: list[str] = []
+
+    def rotate() -> None:
+        start.wait()
+        added.append(rotate_keyring(settings).current)
+
+    threads = [threading.Thread(target=rotate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    document = kms_keyring.document()
+    assert document is not None and len(added) == 4
+    assert set(document["keys"]) == {first, *added} and document["current"] in added
+
+
 def test_rotation_reaches_a_warm_instance_within_the_reload_interval(
     kms_keyring: KmsKeyring, redis_factory: Callable[..., RedisServer], agent: str
 ) -> None:

@@ -49,15 +49,15 @@ def _rotate_key(args: argparse.Namespace) -> int:
 
 def _retire_key(args: argparse.Namespace) -> int:
     from aiinfra.config import memory_settings
-    from aiinfra.memory.keyring import RetirementRefused, retire_key
+    from aiinfra.memory.keyring import KeyringError, RetirementRefused, retire_key
     from aiinfra.memory.keyspace import count_sealed_with
-    from aiinfra.memory.resp import RedisClient
+    from aiinfra.memory.resp import RedisClient, RedisUnavailable
 
     settings = memory_settings()
     redis = RedisClient(settings.redis_url, settings.redis_timeout)
     try:
         retire_key(settings, args.key_id, lambda key_id: count_sealed_with(redis, key_id))
-    except RetirementRefused as refused:
+    except (RetirementRefused, KeyringError, RedisUnavailable) as refused:
         print(f"not retired: {refused}", file=sys.stderr)
         return 1
     finally:
