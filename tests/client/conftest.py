@@ -2,76 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
-import os
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 from aiinfra_client import AsyncClient, Client, Retry
-
-from tests.conftest import MODEL_DIR
-from tests.support.redis_server import RedisServer, free_port
 
 # Tests that provoke 503s set their own policy; elsewhere a retry would only hide a failure.
 NO_RETRY = Retry(attempts=1)
 
 
-@contextlib.contextmanager
-def served(factory: str, redis_url: str, directory: Path) -> Iterator[str]:
-    """`uvicorn --factory aiinfra.api.<factory>` on a free port, its settings as `make serve` gives
-    them; yields its base URL once it answers."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    env = {
-        **os.environ,
-        "INDEX_STORE": f"file://{directory / 'indexes'}",
-        "REDIS_URL": redis_url,
-        "MEMORY_KEYS": f"file://{directory / 'keyring.json'}",
-        "AUTH_MODE": "none",
-        "MODEL_DIR": str(MODEL_DIR),
-    }
-    command = [sys.executable, "-m", "uvicorn", "--factory", factory, "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--log-level", "warning"]
-    log_path = directory / "uvicorn.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, f"uvicorn exited: {log_path.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"uvicorn did not answer: {log_path.read_text()[-2000:]}"
-            try:
-                httpx.get(f"{url}/openapi.json", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(scope="session")
-def api_url(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def api_url(local_api_url: str) -> str:
     """Every route in one app (`create_local_app`, what `make serve` runs) over the session's Redis."""
-    with served(
-        "aiinfra.api.local:create_local_app", redis_server.url, tmp_path_factory.mktemp("api")
-    ) as url:
-        yield url
+    return local_api_url
 
 
 @pytest.fixture

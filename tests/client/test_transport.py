@@ -21,7 +21,8 @@ from aiinfra_client import (
     Unavailable,
 )
 
-from tests.client.conftest import Gateway, served
+from tests.client.conftest import Gateway
+from tests.support.local_server import served
 from tests.support.redis_server import RedisServer
 
 
