@@ -44,7 +44,7 @@ _STORED_ROOM = MAX_OVERHEAD + 32
 
 
 class Codec(Protocol):
-    """The envelope codec: `aiinfra._native.EnvelopeCodec` or the reference `ReferenceCodec`."""
+    """The envelope codec: `aiinfra._native.EnvelopeCodec`, or in tests `tests.support.reference_codec`'s."""
 
     @property
     def current_key_id(self) -> str: ...
