@@ -146,3 +146,28 @@ def test_the_http_api_routes_every_route_each_function_serves(
                 assert any(
                     allowed in (method, "ANY") and pattern.fullmatch(concrete) for allowed, pattern in routed
                 ), f"{logical_id}: {method} {route.path} has no HttpApi event"
+
+
+# What each API's routes only read: GETs, and the POSTs that ask (a query, a batch get).
+_READS = re.compile(r"^(GET .*|POST .*/(query|batch-get))$")
+_API_OF = {"EmbedFunction": "embed", "SearchFunction": "search", "MemoryFunction": "memory"}
+
+
+def test_every_route_requires_a_read_or_write_scope_of_its_api(template: dict[str, Any]) -> None:
+    # A route without scopes accepts an ID token, whose claims a user may be able to write.
+    assert template["Resources"]["HttpApi"]["Properties"]["Auth"]["DefaultAuthorizer"] == "Jwt"
+    checked = 0
+    for logical_id, resource in template["Resources"].items():
+        if resource["Type"] != "AWS::Serverless::Function":
+            continue
+        for name, event in resource["Properties"].get("Events", {}).items():
+            if event["Type"] != "HttpApi":
+                continue
+            route = f"{event['Properties']['Method']} {event['Properties']['Path']}"
+            assert event["Properties"]["Method"] != "ANY", f"{name}: one method per route, one scope"
+            scopes = [scope["Sub"] for scope in event["Properties"]["Auth"]["AuthorizationScopes"]]
+            api = _API_OF[logical_id]
+            wanted = api if api == "embed" else f"{api}.{'read' if _READS.match(route) else 'write'}"
+            assert scopes == [f"${{ScopePrefix}}/{wanted}"], f"{name} ({route}): {scopes}"
+            checked += 1
+    assert checked == 16
