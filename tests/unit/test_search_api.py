@@ -306,3 +306,10 @@ def test_compaction_sweeps_segments_no_manifest_names_once_past_the_grace(
     assert set(file_store.segment_ages(shard)) == named | {fresh}
     query = client.post("/indexes/swept/query", json={"vector": _items(30)[4]["vector"], "k": 1})
     assert query.json()["matches"][0]["id"] == "item-4"
+
+
+def test_a_method_the_path_does_not_serve_is_405_naming_every_method_it_does(client: Any) -> None:
+    answer = client.patch("/indexes/docs")
+    assert answer.status_code == 405 and answer.json()["error"]["type"] == "method_not_allowed"
+    assert answer.headers["allow"] == "DELETE, GET, PUT"
+    assert client.get("/indexes/docs/query").headers["allow"] == "POST"

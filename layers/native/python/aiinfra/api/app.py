@@ -104,6 +104,12 @@ class BodyLimit:
         return refusal(scope, receive, send)
 
 
+def _methods_of(app: FastAPI, path: str) -> list[str]:
+    """Every method some route of `app` serves at `path`."""
+    matching = (r for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(path))
+    return sorted({method for route in matching for method in route.methods})
+
+
 def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
     # FastAPI's native OpenTelemetry is off: Lambda traces through X-Ray, and checking for a
     # configured OTel provider costs every request a few microseconds.
@@ -121,11 +127,15 @@ def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # Routing and body-parsing refusals (404, 405, undecodable body) speak our error shape too.
         kind = HTTP_ERROR_TYPES.get(exc.status_code, "invalid_request_error")
         body = {"error": {"type": kind, "message": str(exc.detail)}}
-        return json_response(body, exc.status_code, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route of the path only; a path has one per method.
+            headers["Allow"] = ", ".join(_methods_of(app, request.url.path))
+        return json_response(body, exc.status_code, headers)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> Response:
