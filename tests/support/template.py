@@ -15,6 +15,7 @@ LOGICAL_IDS = {
     "search": "SearchFunction",
     "memory": "MemoryFunction",
     "indexer": "IndexerFunction",
+    "shard": "ShardFunction${Slot}",  # stamped out once per slot by Fn::ForEach
 }
 
 
@@ -39,10 +40,23 @@ def template() -> dict[str, Any]:
     return loaded
 
 
+def resource(logical_id: str) -> dict[str, Any]:
+    """A resource by logical id, also one an `Fn::ForEach::` block stamps out (id as written there)."""
+    resources = template()["Resources"]
+    if logical_id in resources:
+        found: dict[str, Any] = resources[logical_id]
+        return found
+    for key, loop in resources.items():
+        if key.startswith("Fn::ForEach::") and logical_id in loop[2]:
+            stamped: dict[str, Any] = loop[2][logical_id]
+            return stamped
+    raise KeyError(logical_id)
+
+
 def function_properties(function: str) -> dict[str, Any]:
     """The function's properties over the template's Globals (what SAM merges)."""
     merged: dict[str, Any] = dict(template()["Globals"]["Function"])
-    merged.update(template()["Resources"][LOGICAL_IDS[function]]["Properties"])
+    merged.update(resource(LOGICAL_IDS[function])["Properties"])
     return merged
 
 
@@ -51,7 +65,7 @@ def function_environment(function: str) -> dict[str, str]:
     parameters = template()["Parameters"]
     variables = {
         **template()["Globals"]["Function"]["Environment"]["Variables"],
-        **template()["Resources"][LOGICAL_IDS[function]]["Properties"]["Environment"]["Variables"],
+        **resource(LOGICAL_IDS[function])["Properties"]["Environment"]["Variables"],
     }
     found = {}
     for name, value in variables.items():

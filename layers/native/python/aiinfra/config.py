@@ -8,6 +8,7 @@ fails its init with that line and nothing else.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,6 +171,9 @@ class SearchSettings:
     refresh_seconds: float
     limits: IndexLimits
     compaction_function: str | None  # the indexer; None: compactions run on a background thread
+    # One shard function per slot (shard k -> slot k mod N); empty: shards are searched in-process.
+    shard_functions: tuple[str, ...] = ()
+    shard_deadline_seconds: float = 2.0
 
 
 def search_settings() -> SearchSettings:
@@ -192,4 +196,29 @@ def search_settings() -> SearchSettings:
         refresh_seconds=env_float("INDEX_REFRESH_SECONDS", 5.0),
         limits=limits,
         compaction_function=_env("INDEX_COMPACTION_FUNCTION"),
+        shard_functions=_shard_functions(),
+        shard_deadline_seconds=env_float("INDEX_SHARD_DEADLINE_SECONDS", 2.0, minimum=0.01),
     )
+
+
+SHARD_FUNCTION = re.compile(r"^(https?://[A-Za-z0-9.-]+(:\d+)?|[A-Za-z0-9:_.-]{1,140})$")
+
+
+def _shard_functions() -> tuple[str, ...]:
+    """INDEX_SHARD_FUNCTIONS: comma-separated function names, ARNs or http://host:port endpoints, one
+    per slot; or one name with `{slot}` in it, standing for 0..INDEX_SHARD_SLOTS-1 (what the template
+    can write for N stamped-out functions)."""
+    raw = _env("INDEX_SHARD_FUNCTIONS")
+    if raw is None:
+        return ()
+    slots = tuple(slot.strip() for slot in raw.split(","))
+    if len(slots) == 1 and "{slot}" in raw:
+        count = env_int("INDEX_SHARD_SLOTS", 0, minimum=1)
+        if count == 0:
+            raise ConfigError(f"INDEX_SHARD_SLOTS must be set: INDEX_SHARD_FUNCTIONS={raw!r} names {{slot}}")
+        slots = tuple(slots[0].replace("{slot}", str(slot)) for slot in range(count))
+    if not all(SHARD_FUNCTION.fullmatch(slot) for slot in slots):
+        raise ConfigError(
+            f"INDEX_SHARD_FUNCTIONS={raw!r} must be comma-separated function names, ARNs or http://host:port"
+        )
+    return slots

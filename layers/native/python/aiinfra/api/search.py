@@ -45,6 +45,7 @@ from aiinfra.vectors.errors import (
     IndexUnavailable,
     InvalidIndexInput,
 )
+from aiinfra.vectors.fanout import RemoteShards
 from aiinfra.vectors.filter import FilterError, compile_filter
 from aiinfra.vectors.jobs import LambdaCompactions
 from aiinfra.vectors.limits import IndexLimits
@@ -286,10 +287,10 @@ def router(
     writer: IndexWriter,
     encode: TextEncoder,
     auth: AuthSettings,
-    shards: LocalShards | None = None,
+    shards: LocalShards | RemoteShards | None = None,
 ) -> APIRouter:
     """The search routes over the indexes `registry` reads and `writer` writes, each caller inside its
-    tenant; queries go to `shards` (this process's, by default)."""
+    tenant; queries go to `shards` (this process's, by default; the shard functions' when set)."""
     routes = APIRouter(tags=["search"])
     shards = shards or LocalShards(registry)
     errors = error_responses(Unauthorized, Forbidden, NotFound, Unavailable)
@@ -386,7 +387,12 @@ def router(
             else:
                 queries = _matrix(body.vectors or [body.vector or []], first.dimension, "vector")
             shard_query = ShardQuery(
-                normalise(queries, first.metric), body.k, program, body.nprobe, body.ef_search
+                normalise(queries, first.metric),
+                body.k,
+                program,
+                body.nprobe,
+                body.ef_search,
+                body.include_metadata,
             )
             answer: Answer = shards.search(index, first, shard_query)
         _refuse_overlong(answer.matches, body.include_metadata)
@@ -429,8 +435,10 @@ def create_search_app(
     auth: AuthSettings | None = None,
 ) -> FastAPI:
     """The search function's app over `store` (from the environment when None, with its settings:
-    refresh window, limits, indexer). Nothing is loaded now: a shard loads on its first use."""
+    refresh window, limits, indexer, shard functions). Nothing is loaded now: a shard loads on its
+    first use."""
     compactions = None
+    shards: LocalShards | RemoteShards | None = None
     if store is None:
         settings = search_settings()
         store, refresh_seconds, limits = (
@@ -440,8 +448,13 @@ def create_search_app(
         )
         if settings.compaction_function:
             compactions = LambdaCompactions(settings.compaction_function)
+        if settings.shard_functions:
+            shards = RemoteShards(
+                settings.shard_functions, store, refresh_seconds, settings.shard_deadline_seconds
+            )
     registry = IndexRegistry(store, refresh_seconds)
     snapstart.after_restore(registry.expire)  # a restored copy re-checks each shard at its next use
     writer = IndexWriter(store, registry, limits, compactions)
     auth = auth or auth_settings()
-    return create_app("aiinfra search", [router(registry, writer, encode or lazy_text_encoder(), auth)])
+    routes = router(registry, writer, encode or lazy_text_encoder(), auth, shards)
+    return create_app("aiinfra search", [routes])

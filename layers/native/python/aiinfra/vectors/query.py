@@ -40,6 +40,7 @@ class ShardQuery:
     program: list[Instruction] | None = None
     nprobe: int | None = None
     ef_search: int | None = None
+    include_metadata: bool = False  # a shard in another function sends metadata only when asked
 
 
 @dataclass
