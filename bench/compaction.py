@@ -9,14 +9,17 @@ index's snapshot, then builds the new base segment's files into an empty directo
 does before its upload and manifest swap): "today" = `_live_items` -> `_build_index` ->
 `write_segment`; "write_base" = `aiinfra.vectors.build.write_base`. Peak RSS is that process's
 `ru_maxrss` (the launching process stays small); "before build" is its RSS once the snapshot is
-loaded. Index = the segment's files on disk. The 6-vCPU column scales the 2-thread build time by
-2/6 (the indexer's share at 10 GB), an estimate: FAISS's HNSW insertion runs on every thread.
+loaded. Index = the segment's files on disk. CPU s is the build's own user + system time (other
+work on the machine does not inflate it); the 6-vCPU column spreads it over the indexer's share at
+10 GB, an estimate that assumes the build keeps 6 threads busy (FAISS's HNSW insertion runs on
+every thread; reading the rows, metadata and files is the small rest).
 Writes docs/benchmarks/compaction.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import resource
@@ -35,12 +38,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from bench.report import machine, verdict, write_report  # noqa: E402
 
-CACHE = REPO_ROOT / "build" / "bench"
+CACHE = Path(os.environ.get("BENCH_COMPACTION_CACHE", REPO_ROOT / "build" / "bench"))
 DIMENSION = 384
 FACTORY = "HNSW32,SQ8,RFlat"
 SIZES = tuple(int(s) for s in os.environ.get("BENCH_COMPACTION_SIZES", "250000,1000000").split(","))
 BATCH = 100_000
-NAME = "bench"
 INDEXER_VCPUS = 6
 TARGET_RATIO = 2.5
 TARGET_SHARD_SECONDS = 300.0
@@ -49,6 +51,14 @@ SHARD_ROWS = 250_000
 OLD_PATH_MEMORY_BYTES_PER_ROW = 14_000
 # Today's path takes as long as write_base: a run short of time may measure it at the smaller sizes only.
 TODAY_MAX_ROWS = int(os.environ.get("BENCH_COMPACTION_TODAY_MAX", str(max(SIZES))))
+# A run short of time may run the sizes at once; each build's CPU seconds stay its own.
+AT_ONCE = os.environ.get("BENCH_COMPACTION_AT_ONCE") == "1"
+
+
+def bench_index() -> Any:
+    from aiinfra.vectors.store import IndexPath
+
+    return IndexPath("bench", "bench")
 
 
 def store_root(size: int) -> Path:
@@ -58,17 +68,20 @@ def store_root(size: int) -> Path:
 def prepare(size: int) -> None:
     """The index of `size` rows in deltas, with replaced and deleted ids (cached)."""
     import numpy as np
+    from aiinfra.vectors.limits import IndexLimits
     from aiinfra.vectors.reader import IndexRegistry
     from aiinfra.vectors.store import FileStore
     from aiinfra.vectors.writer import IndexWriter
 
     root = store_root(size)
-    if (root / NAME / "manifest.json").is_file():
+    if (root / "prepared").is_file():
         return
     shutil.rmtree(root, ignore_errors=True)
     store = FileStore(root)
-    writer = IndexWriter(store, IndexRegistry(store, 3600.0))
-    writer.create(NAME, DIMENSION, "cosine", FACTORY)
+    # One shard, and no compaction starting by itself: the contenders run the build.
+    limits = IndexLimits(max_rows=2 * size, compact_after_deltas=1_000, compact_after_rows=10 * size)
+    writer = IndexWriter(store, IndexRegistry(store, 3600.0), limits)
+    writer.create(bench_index(), DIMENSION, "cosine", FACTORY)
     rng = np.random.default_rng(0)
 
     def upsert(numbers: np.ndarray) -> None:
@@ -76,13 +89,14 @@ def prepare(size: int) -> None:
         metadata = [
             {"lang": ("en", "fr", "de", "es")[i % 4], "year": 1990 + i % 35} for i in numbers.tolist()
         ]
-        writer.upsert(NAME, [f"item-{i}" for i in numbers.tolist()], vectors, metadata)
+        writer.upsert(bench_index(), [f"item-{i}" for i in numbers.tolist()], vectors, metadata)
 
     for start in range(0, size, BATCH):
         upsert(np.arange(start, min(start + BATCH, size)))
         print(f"prepared {min(start + BATCH, size)}/{size}", file=sys.stderr, flush=True)
     upsert(rng.choice(size, size // 100, replace=False))
-    writer.delete(NAME, [f"item-{i}" for i in rng.choice(size, size // 100, replace=False).tolist()])
+    writer.delete(bench_index(), [f"item-{i}" for i in rng.choice(size, size // 100, replace=False).tolist()])
+    (root / "prepared").touch()
 
 
 def rss_mb() -> float:
@@ -96,17 +110,18 @@ def contend(path: str, size: int) -> dict[str, Any]:
     """One contender's build in this process: its time, memory and output size."""
     import faiss
     from aiinfra.vectors.build import write_base
-    from aiinfra.vectors.reader import IndexRegistry
+    from aiinfra.vectors.reader import IndexReader
     from aiinfra.vectors.segment import stored_factory, write_segment
     from aiinfra.vectors.store import FileStore
     from aiinfra.vectors.writer import _build_index, _live_items
 
     faiss.omp_set_num_threads(THREADS)
-    snapshot = IndexRegistry(FileStore(store_root(size)), 3600.0).snapshot(NAME)
+    snapshot = IndexReader(FileStore(store_root(size)), bench_index().shard(0), 3600.0).snapshot()
     out = CACHE / f"compaction-{size}" / f"out-{path}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     before = rss_mb()
+    cpu_before = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     load = os.getloadavg()[0]
     started = time.perf_counter()
     if path == "write_base":
@@ -129,11 +144,13 @@ def contend(path: str, size: int) -> dict[str, Any]:
             refine=refine,
         )
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss / 1024
     shutil.rmtree(out)
     return {
         "rows": ref.rows,
         "seconds": seconds,
+        "cpu_seconds": usage.ru_utime + usage.ru_stime - cpu_before,
         "peak_mb": peak,
         "before_mb": before,
         "index_mb": sum(ref.files.values()) / 2**20,
@@ -149,7 +166,7 @@ def available_bytes() -> int:
 
 
 def child(*args: str) -> str:
-    done = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, __file__, *args], check=True, stdout=subprocess.PIPE, text=True)
     return done.stdout
 
 
@@ -166,35 +183,47 @@ def main() -> None:
         return
 
     load_at_start = os.getloadavg()
-    results: list[tuple[int, str, dict[str, Any] | str]] = []
-    for size in SIZES:
-        child("--prepare", str(size))
-        for path in ("write_base", "today"):
-            if path == "today" and size > TODAY_MAX_ROWS:
-                results.append((size, path, f"not run: above BENCH_COMPACTION_TODAY_MAX={TODAY_MAX_ROWS:,}"))
-                continue
-            if path == "today" and available_bytes() < size * OLD_PATH_MEMORY_BYTES_PER_ROW:
-                results.append((size, path, "not run: less memory available than it needs"))
-                continue
-            found = json.loads(child("--contend", path, str(size)))
-            print(f"{size} {path}: {found}", file=sys.stderr, flush=True)
-            results.append((size, path, found))
+    if AT_ONCE:  # each size's pipeline on a thread of its own: their builds share the machine
+        with concurrent.futures.ThreadPoolExecutor(len(SIZES)) as pool:
+            results = [found for size in pool.map(pipeline, SIZES) for found in size]
+    else:
+        results = [found for size in SIZES for found in pipeline(size)]
     write_report("compaction", report(results, load_at_start))
 
 
-def report(results: list[tuple[int, str, dict[str, Any] | str]], load: tuple[float, float, float]) -> str:
+Result = tuple[int, str, dict[str, Any] | str]
+
+
+def pipeline(size: int) -> list[Result]:
+    """Prepares the index of `size` rows, then runs each contender on it, one after the other."""
+    child("--prepare", str(size))
+    results: list[Result] = []
+    for path in ("write_base", "today"):
+        if path == "today" and size > TODAY_MAX_ROWS:
+            results.append((size, path, f"not run: above BENCH_COMPACTION_TODAY_MAX={TODAY_MAX_ROWS:,}"))
+            continue
+        if path == "today" and available_bytes() < size * OLD_PATH_MEMORY_BYTES_PER_ROW:
+            results.append((size, path, "not run: less memory available than it needs"))
+            continue
+        found = json.loads(child("--contend", path, str(size)))
+        print(f"{size} {path}: {found}", file=sys.stderr, flush=True)
+        results.append((size, path, found))
+    return results
+
+
+def report(results: list[Result], load: tuple[float, float, float]) -> str:
     rows = [
-        "| rows | build | build s (2 threads) | est. s at 6 vCPU | peak RSS MB | RSS before build MB "
+        "| rows | build | wall s (2 threads) | CPU s | est. s at 6 vCPU | peak RSS MB | RSS before build MB "
         "| index on disk MB | peak / index | load (1 min) at its start |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for size, path, found in results:
         if isinstance(found, str):
-            rows.append(f"| {size:,} | {path} | {found} | | | | | | |")
+            rows.append(f"| {size:,} | {path} | {found} | | | | | | | |")
             continue
         rows.append(
-            f"| {found['rows']:,} | {path} | {found['seconds']:.1f} | "
-            f"{found['seconds'] * THREADS / INDEXER_VCPUS:.1f} | {found['peak_mb']:,.0f} | "
+            f"| {found['rows']:,} | {path} | {found['seconds']:.1f} | {found['cpu_seconds']:.1f} | "
+            f"{found['cpu_seconds'] / INDEXER_VCPUS:.1f} | {found['peak_mb']:,.0f} | "
             f"{found['before_mb']:,.0f} | {found['index_mb']:,.0f} | "
             f"{found['peak_mb'] / found['index_mb']:.2f} | {found['load']:.2f} |"
         )
@@ -205,7 +234,7 @@ def report(results: list[tuple[int, str, dict[str, Any] | str]], load: tuple[flo
         for size, found in ours.items()
     ]
     if SHARD_ROWS in ours:
-        shard = ours[SHARD_ROWS]["seconds"] * THREADS / INDEXER_VCPUS
+        shard = ours[SHARD_ROWS]["cpu_seconds"] / INDEXER_VCPUS
         targets.append(
             f"- a {SHARD_ROWS:,}-row shard's build at the indexer's {INDEXER_VCPUS} vCPUs (estimated): "
             f"{shard:.0f} s (target <= {TARGET_SHARD_SECONDS:.0f} s: "
@@ -214,7 +243,9 @@ def report(results: list[tuple[int, str, dict[str, Any] | str]], load: tuple[flo
     header = (
         f"# Compaction benchmark\n\n{machine()}; {FACTORY}, dimension {DIMENSION}, {THREADS} threads. "
         f"Shared machine: load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) "
-        "when the run started (other work was running beside it), and per build below.\n\n"
+        "when the run started (other work was running beside it), and per build below"
+        + (": the sizes ran at once, each build sharing the cores with the other size's" if AT_ONCE else "")
+        + ".\n\n"
     )
     return (
         header + (__doc__ or "") + "\n\n" + "\n".join(rows) + "\n\nTargets:\n\n" + "\n".join(targets) + "\n"
