@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 from aiinfra.vectors.limits import IndexLimits
 
@@ -120,12 +121,68 @@ class MemorySettings:
     keyring_store: str | None = None  # s3://bucket/key of a kms:// keyring's wrapped data keys
     keyring_reload_seconds: float = 300.0
     stack_name: str = "aiinfra"  # in the KMS encryption context of the data keys
+    # Per-agent quotas, checked in the write's own script; 0: none.
+    max_memories_per_agent: int = 0
+    max_bytes_per_agent: int = 0
+
+
+REDIS_URL_FORM = (
+    "REDIS_URL is malformed: it must be redis[s]://[user[:password]@]host[:port][/db], "
+    "with any / @ : % in the user or password percent-encoded"
+)
+
+
+def _check_redis_url(url: str) -> None:
+    """A URL the Redis client reads as written. Its message never repeats any of it: it may hold
+    a password."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(REDIS_URL_FORM) from None
+    db = parts.path.removeprefix("/")
+    if (
+        parts.scheme not in ("redis", "rediss")
+        or not parts.hostname
+        or (port is not None and port == 0)
+        or not (db == "" or (db.isdigit() and db.isascii()))
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(REDIS_URL_FORM)
+
+
+def _with_secret_password(url: str, secret_id: str) -> str:
+    """`url` with the password REDIS_PASSWORD_SECRET holds (a Secrets Manager secret: JSON with
+    `password`, or the bare password), read once during the init: the password is never in the
+    function's configuration."""
+    import json
+
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        text = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)["SecretString"]
+    except (BotoCoreError, ClientError) as error:
+        raise ConfigError(f"REDIS_PASSWORD_SECRET could not be read: {error.__class__.__name__}") from None
+    try:
+        password = json.loads(text)["password"] if text.lstrip().startswith("{") else text
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError("REDIS_PASSWORD_SECRET holds no password (JSON without `password`)") from None
+    if not isinstance(password, str) or not password:
+        raise ConfigError("REDIS_PASSWORD_SECRET holds no password (JSON without `password`)")
+    parts = urlsplit(url)
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}").geturl()
 
 
 def memory_settings() -> MemorySettings:
     redis_url = _env("REDIS_URL", "redis://127.0.0.1:6379/0") or ""
-    if not redis_url.startswith(("redis://", "rediss://")):
-        raise ConfigError(f"REDIS_URL={redis_url.split('@')[-1]!r} must start with redis:// or rediss://")
+    _check_redis_url(redis_url)
+    password_secret = _env("REDIS_PASSWORD_SECRET")
+    if password_secret is not None:
+        redis_url = _with_secret_password(redis_url, password_secret)
     keys_uri = _env("MEMORY_KEYS")
     if keys_uri is None:
         raise ConfigError(
@@ -154,6 +211,8 @@ def memory_settings() -> MemorySettings:
         keyring_store=keyring_store,
         keyring_reload_seconds=env_float("MEMORY_KEYRING_RELOAD_SECONDS", 300.0, minimum=1.0),
         stack_name=_env("AIINFRA_STACK", "aiinfra") or "aiinfra",
+        max_memories_per_agent=env_int("MEMORY_MAX_PER_AGENT", 100_000),
+        max_bytes_per_agent=env_int("MEMORY_MAX_BYTES_PER_AGENT", 256 * 1024 * 1024),
     )
 
 

@@ -1,0 +1,88 @@
+"""REDIS_URL and REDIS_PASSWORD_SECRET: a cache user's password from Secrets Manager (moto_server),
+read during the init; a malformed URL fails the init naming the setting and repeating none of it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import boto3
+import pytest
+from aiinfra.api.memory import create_memory_app
+from aiinfra.config import ConfigError, memory_settings
+from fastapi.testclient import TestClient
+
+from tests.integration.test_memory_keys import aws_environment
+from tests.support.redis_server import RedisServer
+
+# Every character a URL gives a meaning to, in the password the secret holds.
+PASSWORD = "p/ss@w:rd%2F?#[x]"
+
+
+def _environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, redis_url: str) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("MEMORY_KEYS", f"file://{tmp_path / 'keyring.json'}")
+
+
+def test_the_password_in_the_secret_opens_a_server_whose_default_user_is_off(
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_factory(
+        "--user", "default", "off", "--user", "memory", "on", f">{PASSWORD}", "~*", "+@all"
+    )
+    aws_environment(monkeypatch, moto_endpoint)
+    secret = f"cache-user-{tmp_path.name}"
+    boto3.client("secretsmanager").create_secret(
+        Name=secret, SecretString=json.dumps({"username": "memory", "password": PASSWORD})
+    )
+    url = f"redis://memory@127.0.0.1:{server.port}/0"
+    _environment(monkeypatch, tmp_path, url)
+
+    # Without the secret the function connects as `memory` without a password: Redis refuses it.
+    refused = TestClient(create_memory_app()).put("/agents/a/memories/k", json={"value": 1})
+    assert refused.status_code == 503
+    assert PASSWORD not in refused.text
+
+    monkeypatch.setenv("REDIS_PASSWORD_SECRET", secret)
+    client = TestClient(create_memory_app())
+    assert client.put("/agents/a/memories/k", json={"value": 1}).status_code == 201
+    assert client.get("/agents/a/memories/k").json()["value"] == 1
+
+
+def test_an_unreadable_secret_fails_the_init_naming_the_setting(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    aws_environment(monkeypatch, moto_endpoint)
+    _environment(monkeypatch, tmp_path, "redis://memory@127.0.0.1:6379/0")
+    monkeypatch.setenv("REDIS_PASSWORD_SECRET", "no-such-secret")
+    with pytest.raises(ConfigError) as refused:
+        memory_settings()
+    assert str(refused.value) == "REDIS_PASSWORD_SECRET could not be read: ResourceNotFoundException"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cr/et@cache.internal:6379/0",  # a password holding / unencoded
+        "redis://alice:s3cret@cache.internal:63a9/0",  # a port that is no number
+        "redis://alice:s3cret@cache.internal:99999/0",  # a port out of range
+        "redis://alice:s3cr#et@cache.internal:6379/0",  # a password holding # unencoded
+        "redis://alice:s3cr?et@cache.internal:6379/0",  # a password holding ? unencoded
+        "redis://alice:s3cret@cache.internal:6379/zero",  # a database that is no number
+        "http://alice:s3cret@cache.internal:6379/0",  # not Redis
+    ],
+)
+def test_a_malformed_redis_url_fails_the_init_repeating_none_of_it(
+    url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _environment(monkeypatch, tmp_path, url)
+    with pytest.raises(ConfigError) as refused:
+        create_memory_app()
+    message = str(refused.value)
+    assert message.startswith("REDIS_URL is malformed")
+    for part in ("s3cr", "et@", "cache.internal", "alice", "63a9", "99999", "zero"):
+        assert part not in message, part
