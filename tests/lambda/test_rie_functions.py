@@ -67,29 +67,35 @@ def test_search_builds_and_queries_an_s3_index_through_both_event_kinds(
             "AWS_SECRET_ACCESS_KEY": "testing",
         },
     )
+    # Under the template's AUTH_MODE=jwt every search route acts in the caller's tenant claim.
+    claims = {"sub": "user-1", "tenant": "acme"}
     for kind in KINDS:
         name = f"docs-{kind}"
-        created = _call(emulator, kind, "PUT", f"/indexes/{name}", {"dimension": 3, "metric": "cosine"})
+        created = _call(
+            emulator, kind, "PUT", f"/indexes/{name}", {"dimension": 3, "metric": "cosine"}, claims=claims
+        )
         assert created["statusCode"] in (200, 201), response_json(created)
         items = [
             {"id": "x", "vector": [1, 0, 0]},
             {"id": "y", "vector": [0, 1, 0]},
             {"id": "z", "vector": [0, 0, 1], "metadata": {"lang": "de"}},
         ]
-        upserted = _call(emulator, kind, "POST", f"/indexes/{name}/upsert", {"items": items})
+        upserted = _call(emulator, kind, "POST", f"/indexes/{name}/upsert", {"items": items}, claims=claims)
         assert upserted["statusCode"] == 200, response_json(upserted)
         query = {"vector": [0.1, 0.9, 0.0], "k": 2}
-        found = response_json(_call(emulator, kind, "POST", f"/indexes/{name}/query", query))
+        found = response_json(_call(emulator, kind, "POST", f"/indexes/{name}/query", query, claims=claims))
         assert [match["id"] for match in found["matches"]] == ["y", "x"]
     # Text items and queries: embedded in the search function with the layer's model.
-    _call(emulator, "http", "PUT", "/indexes/notes", {"dimension": 384})
+    _call(emulator, "http", "PUT", "/indexes/notes", {"dimension": 384}, claims=claims)
     notes = [
         {"id": "guitar", "text": "A man is playing a guitar."},
         {"id": "pasta", "text": "Boiling pasta."},
     ]
-    written = _call(emulator, "http", "POST", "/indexes/notes/upsert", {"items": notes})
+    written = _call(emulator, "http", "POST", "/indexes/notes/upsert", {"items": notes}, claims=claims)
     assert written["statusCode"] == 200, response_json(written)
-    found = response_json(_call(emulator, "rest", "POST", "/indexes/notes/query", {"text": "music", "k": 1}))
+    found = response_json(
+        _call(emulator, "rest", "POST", "/indexes/notes/query", {"text": "music", "k": 1}, claims=claims)
+    )
     assert [match["id"] for match in found["matches"]] == ["guitar"]
 
 
