@@ -107,7 +107,7 @@ class BodyLimit:
 def _methods_of(app: FastAPI, path: str) -> list[str]:
     """Every method some route of `app` serves at `path`."""
     matching = (r for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(path))
-    return sorted({method for route in matching for method in route.methods})
+    return sorted({method for route in matching for method in route.methods or ()})
 
 
 def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
