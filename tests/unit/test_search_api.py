@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiinfra.vectors.manifest import shard_of
 from aiinfra.vectors.store import FileStore
 from aiinfra.vectors.writer import ORPHAN_GRACE_SECONDS
 
@@ -313,3 +314,24 @@ def test_a_method_the_path_does_not_serve_is_405_naming_every_method_it_does(cli
     assert answer.status_code == 405 and answer.json()["error"]["type"] == "method_not_allowed"
     assert answer.headers["allow"] == "DELETE, GET, PUT"
     assert client.get("/indexes/docs/query").headers["allow"] == "POST"
+
+
+def test_creating_again_writes_the_shard_manifests_a_crash_left_unwritten(
+    search_client: SearchClient, file_store: FileStore
+) -> None:
+    client = search_client(file_store)
+    assert client.put("/indexes/split", json={"dimension": DIM, "shards": 3}).status_code == 201
+    items = _items(30)
+    assert client.post("/indexes/split/upsert", json={"items": items}).status_code == 200
+    lost = file_store.root / shard_path("split", 2) / "manifest.json"
+    held = json.loads(lost.read_bytes())["segments"]
+    lost.unlink()  # as if the create had died before writing it (its rows lost with it here)
+    fresh = search_client(file_store)  # an instance that never saw it
+    assert fresh.post("/indexes/split/query", json={"vector": items[0]["vector"]}).json()["partial"]
+    assert fresh.put("/indexes/split", json={"dimension": DIM, "shards": 3}).status_code == 200
+    repaired = json.loads(lost.read_bytes())
+    assert repaired["shard"] == 2 and repaired["segments"] == [] and held
+    assert fresh.post("/indexes/split/query", json={"vector": items[0]["vector"]}).json()["partial"] is False
+    info = fresh.get("/indexes/split").json()
+    shard_two = sum(1 for item in items if shard_of(item["id"], 3) == 2)
+    assert info["count"] == 30 - shard_two and info["shards"] == 3

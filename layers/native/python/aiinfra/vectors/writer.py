@@ -33,7 +33,7 @@ from aiinfra.vectors.errors import (
     InvalidIndexInput,
     detail_of,
 )
-from aiinfra.vectors.factory import HNSW_EF_CONSTRUCTION, check_factory, factory_index
+from aiinfra.vectors.factory import HNSW_EF_CONSTRUCTION, factory_index
 from aiinfra.vectors.jobs import BackgroundCompactions, CompactionJob, JobObsolete
 from aiinfra.vectors.limits import IndexLimits
 from aiinfra.vectors.manifest import (
@@ -103,8 +103,7 @@ class IndexWriter:
     ) -> tuple[IndexManifest, bool]:
         """Shard 0's manifest of the index (new, or the existing one if defined the same) and whether
         it was created now. Creating again also writes any shard manifest a crash left unwritten."""
-        check_factory(dimension, factory)
-        factory_index(dimension, metric, factory)
+        factory_index(dimension, metric, factory)  # InvalidIndexInput unless an allowed, buildable factory
         incarnation = uuid.uuid4().hex
         first = IndexManifest(index.name, dimension, metric, factory, 1, incarnation, shards=shards)
         found = self.store.read_manifest(index.shard(0))
@@ -124,9 +123,11 @@ class IndexWriter:
                     f"index {index.name!r} exists with dimension {first.dimension}, metric {first.metric}, "
                     f"factory {first.factory!r}, {first.shards} shards"
                 ) from None
+        empty = IndexManifest(index.name, first.dimension, first.metric, first.factory, 1, first.incarnation)
         for shard in range(1, first.shards):
             with contextlib.suppress(ManifestConflict):  # written by the create that made the index
-                self.store.write_manifest(index.shard(shard), replace(first, shard=shard).to_json(), None)
+                manifest = replace(empty, shards=first.shards, shard=shard)
+                self.store.write_manifest(index.shard(shard), manifest.to_json(), None)
         self.registry.reader(index.shard(0)).offer(first)
         return first, created
 
