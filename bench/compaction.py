@@ -1,7 +1,9 @@
 """`make bench-compaction`: a compaction's build, today's path against `write_base` (bounded memory).
 
 Vectors: synthetic, normal random 384-d float32 rows, L2-normalised (cosine), factory
-`HNSW32,SQ8,RFlat`; each row has small metadata (`lang`, `year`). The index is prepared once per
+`HNSW32,SQ8,RFlat` unless BENCH_COMPACTION_FACTORIES names another for a size (`1000000=Flat`: the
+rows, metadata and files without a graph to build, for a run short of time); each row has small
+metadata (`lang`, `year`). The index is prepared once per
 size in build/bench/compaction-<size>/ through the writer: upserts of 100,000 rows (one delta
 segment each), then 1 % of the ids replaced and 1 % deleted, so the build folds shadowed rows and
 tombstones. Each contender then runs in a fresh process of its own on 2 threads: it loads the
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import os
 import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,8 +55,20 @@ SHARD_ROWS = 250_000
 OLD_PATH_MEMORY_BYTES_PER_ROW = 14_000
 # Today's path takes as long as write_base: a run short of time may measure it at the smaller sizes only.
 TODAY_MAX_ROWS = int(os.environ.get("BENCH_COMPACTION_TODAY_MAX", str(max(SIZES))))
+CONTENDERS = ("write_base", "today")
+# A size may be built with another factory than FACTORY (a run short of time: Flat has no graph to build).
+FACTORIES = dict(
+    (int(size), factory)
+    for size, factory in (
+        item.split("=", 1) for item in os.environ.get("BENCH_COMPACTION_FACTORIES", "").split(";") if item
+    )
+)
 # A run short of time may run the sizes at once; each build's CPU seconds stay its own.
 AT_ONCE = os.environ.get("BENCH_COMPACTION_AT_ONCE") == "1"
+
+
+def factory_at(size: int) -> str:
+    return FACTORIES.get(size, FACTORY)
 
 
 def bench_index() -> Any:
@@ -110,13 +126,16 @@ def contend(path: str, size: int) -> dict[str, Any]:
     """One contender's build in this process: its time, memory and output size."""
     import faiss
     from aiinfra.vectors.build import write_base
-    from aiinfra.vectors.reader import IndexReader
+    from aiinfra.vectors.reader import IndexReader, IndexSnapshot
     from aiinfra.vectors.segment import stored_factory, write_segment
     from aiinfra.vectors.store import FileStore
     from aiinfra.vectors.writer import _build_index, _live_items
 
     faiss.omp_set_num_threads(THREADS)
     snapshot = IndexReader(FileStore(store_root(size)), bench_index().shard(0), 3600.0).snapshot()
+    if factory_at(size) != snapshot.manifest.factory:
+        manifest = dataclasses.replace(snapshot.manifest, factory=factory_at(size))
+        snapshot = IndexSnapshot(manifest, [view.segment for view in snapshot.views])
     out = CACHE / f"compaction-{size}" / f"out-{path}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
@@ -183,57 +202,61 @@ def main() -> None:
         return
 
     load_at_start = os.getloadavg()
+    results: dict[tuple[int, str], dict[str, Any] | str] = {
+        (size, path): "not finished: the run was stopped" for size in SIZES for path in CONTENDERS
+    }
+    written = threading.Lock()
+
+    def pipeline(size: int) -> None:
+        """Prepares the index of `size` rows, then runs each contender on it, one after the other;
+        the report is rewritten after each, so a run stopped early keeps what it measured."""
+        child("--prepare", str(size))
+        for path in CONTENDERS:
+            if path == "today" and size > TODAY_MAX_ROWS:
+                found: dict[str, Any] | str = f"not run: above BENCH_COMPACTION_TODAY_MAX={TODAY_MAX_ROWS:,}"
+            elif path == "today" and available_bytes() < size * OLD_PATH_MEMORY_BYTES_PER_ROW:
+                found = "not run: less memory available than it needs"
+            else:
+                found = json.loads(child("--contend", path, str(size)))
+            with written:
+                results[(size, path)] = found
+                write_report("compaction", report(results, load_at_start))
+
     if AT_ONCE:  # each size's pipeline on a thread of its own: their builds share the machine
         with concurrent.futures.ThreadPoolExecutor(len(SIZES)) as pool:
-            results = [found for size in pool.map(pipeline, SIZES) for found in size]
+            list(pool.map(pipeline, SIZES))
     else:
-        results = [found for size in SIZES for found in pipeline(size)]
-    write_report("compaction", report(results, load_at_start))
+        for size in SIZES:
+            pipeline(size)
 
 
-Result = tuple[int, str, dict[str, Any] | str]
-
-
-def pipeline(size: int) -> list[Result]:
-    """Prepares the index of `size` rows, then runs each contender on it, one after the other."""
-    child("--prepare", str(size))
-    results: list[Result] = []
-    for path in ("write_base", "today"):
-        if path == "today" and size > TODAY_MAX_ROWS:
-            results.append((size, path, f"not run: above BENCH_COMPACTION_TODAY_MAX={TODAY_MAX_ROWS:,}"))
-            continue
-        if path == "today" and available_bytes() < size * OLD_PATH_MEMORY_BYTES_PER_ROW:
-            results.append((size, path, "not run: less memory available than it needs"))
-            continue
-        found = json.loads(child("--contend", path, str(size)))
-        print(f"{size} {path}: {found}", file=sys.stderr, flush=True)
-        results.append((size, path, found))
-    return results
-
-
-def report(results: list[Result], load: tuple[float, float, float]) -> str:
+def report(results: dict[tuple[int, str], dict[str, Any] | str], load: tuple[float, float, float]) -> str:
     rows = [
-        "| rows | build | wall s (2 threads) | CPU s | est. s at 6 vCPU | peak RSS MB | RSS before build MB "
-        "| index on disk MB | peak / index | load (1 min) at its start |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| rows | factory | build | wall s (2 threads) | CPU s | est. s at 6 vCPU | peak RSS MB "
+        "| RSS before build MB | index on disk MB | peak / index | load (1 min) at its start |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for size, path, found in results:
+    for (size, path), found in results.items():
         if isinstance(found, str):
-            rows.append(f"| {size:,} | {path} | {found} | | | | | | | |")
+            rows.append(f"| {size:,} | {factory_at(size)} | {path} | {found} | | | | | | | |")
             continue
         rows.append(
-            f"| {found['rows']:,} | {path} | {found['seconds']:.1f} | {found['cpu_seconds']:.1f} | "
+            f"| {found['rows']:,} | {factory_at(size)} | {path} | {found['seconds']:.1f} | "
+            f"{found['cpu_seconds']:.1f} | "
             f"{found['cpu_seconds'] / INDEXER_VCPUS:.1f} | {found['peak_mb']:,.0f} | "
             f"{found['before_mb']:,.0f} | {found['index_mb']:,.0f} | "
             f"{found['peak_mb'] / found['index_mb']:.2f} | {found['load']:.2f} |"
         )
-    ours = {size: found for size, path, found in results if path == "write_base" and isinstance(found, dict)}
+    ours = {
+        s: found for (s, path), found in results.items() if path == "write_base" and isinstance(found, dict)
+    }
     targets = [
-        f"- peak RSS / index at {size:,} rows: {found['peak_mb'] / found['index_mb']:.2f} "
+        f"- write_base's peak RSS / index at {size:,} rows ({factory_at(size)}): "
+        f"{found['peak_mb'] / found['index_mb']:.2f} "
         f"(target < {TARGET_RATIO}: {verdict(found['peak_mb'] / found['index_mb'] < TARGET_RATIO)})"
         for size, found in ours.items()
     ]
-    if SHARD_ROWS in ours:
+    if SHARD_ROWS in ours and factory_at(SHARD_ROWS) == FACTORY:
         shard = ours[SHARD_ROWS]["cpu_seconds"] / INDEXER_VCPUS
         targets.append(
             f"- a {SHARD_ROWS:,}-row shard's build at the indexer's {INDEXER_VCPUS} vCPUs (estimated): "
@@ -241,7 +264,7 @@ def report(results: list[Result], load: tuple[float, float, float]) -> str:
             f"{verdict(shard <= TARGET_SHARD_SECONDS)})"
         )
     header = (
-        f"# Compaction benchmark\n\n{machine()}; {FACTORY}, dimension {DIMENSION}, {THREADS} threads. "
+        f"# Compaction benchmark\n\n{machine()}; dimension {DIMENSION}, {THREADS} threads. "
         f"Shared machine: load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) "
         "when the run started (other work was running beside it), and per build below"
         + (": the sizes ran at once, each build sharing the cores with the other size's" if AT_ONCE else "")
