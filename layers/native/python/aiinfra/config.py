@@ -265,17 +265,20 @@ SHARD_FUNCTION = re.compile(r"^(https?://[A-Za-z0-9.-]+(:\d+)?|[A-Za-z0-9:_.-]{1
 
 def _shard_functions() -> tuple[str, ...]:
     """INDEX_SHARD_FUNCTIONS: comma-separated function names, ARNs or http://host:port endpoints, one
-    per slot; or one name with `{slot}` in it, standing for 0..INDEX_SHARD_SLOTS-1 (what the template
-    can write for N stamped-out functions)."""
+    per slot; or one name with `{slot}` in it and INDEX_SHARD_SLOTS, the comma-separated slot labels
+    it stands for (what the template writes for the functions it stamps out)."""
     raw = _env("INDEX_SHARD_FUNCTIONS")
     if raw is None:
         return ()
     slots = tuple(slot.strip() for slot in raw.split(","))
     if len(slots) == 1 and "{slot}" in raw:
-        count = env_int("INDEX_SHARD_SLOTS", 0, minimum=1)
-        if count == 0:
-            raise ConfigError(f"INDEX_SHARD_SLOTS must be set: INDEX_SHARD_FUNCTIONS={raw!r} names {{slot}}")
-        slots = tuple(slots[0].replace("{slot}", str(slot)) for slot in range(count))
+        labels = (_env("INDEX_SHARD_SLOTS") or "").split(",")
+        if not all(re.fullmatch(r"[A-Za-z0-9]+", label.strip()) for label in labels):
+            raise ConfigError(
+                f"INDEX_SHARD_SLOTS={_env('INDEX_SHARD_SLOTS') or ''!r} must be comma-separated slot labels "
+                f"(e.g. 0,1,2): INDEX_SHARD_FUNCTIONS={raw!r} names {{slot}}"
+            )
+        slots = tuple(slots[0].replace("{slot}", label.strip()) for label in labels)
     if not all(SHARD_FUNCTION.fullmatch(slot) for slot in slots):
         raise ConfigError(
             f"INDEX_SHARD_FUNCTIONS={raw!r} must be comma-separated function names, ARNs or http://host:port"

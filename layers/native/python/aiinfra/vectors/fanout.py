@@ -283,9 +283,8 @@ class RemoteShards:
     def _invoke(self, request: ShardRequest) -> tuple[int, list[list[Found]]]:
         from botocore.exceptions import BotoCoreError, ClientError
 
-        slot = self.slot(request.shard)
-        client, function = self._client(slot)
         try:
+            client, function = self._client(self.slot(request.shard))
             answer = client.invoke(
                 FunctionName=function,
                 InvocationType="RequestResponse",
