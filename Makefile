@@ -114,6 +114,14 @@ bench-memory: native system-tools
 bench-compaction: native
 	$(VENV)/bin/python bench/compaction.py
 
+# One index in 8 shards (BENCH_SCALE_SIZE rows of the search bench's set, 2M by default): each shard's
+# build in a fresh process, queries fanned out to 8 shard functions under aws-lambda-rie.
+.PHONY: bench-search-scale
+bench-search-scale: build bench-corpus lambda-tools
+	@test -f /usr/share/dictd/gcide.dict.dz || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dict-gcide >/dev/null)
+	$(VENV)/bin/python bench/search_scale.py
+
 # --- Lambda fidelity: the runtime emulator, the cp312 layer, the SAM tools ------------------
 # The Go proxy serves none of the emulator's release tags (not semver): pinned by pseudo-version.
 RIE_VERSION := v0.0.0-20261030222936-bef5c4ba774d

@@ -189,12 +189,17 @@ def _matches(answer: Any, queries: int) -> tuple[int, list[list[Found]]]:
         version, rows = int(answer["version"]), answer["matches"]
         if not isinstance(rows, list) or len(rows) != queries:
             raise ValueError("a list of matches per query")
-        matches: list[list[Found]] = [
-            [RemoteMatch(str(m["id"]), float(m["score"]), m.get("metadata")) for m in row] for row in rows
-        ]
+        matches: list[list[Found]] = [[_match(m) for m in row] for row in rows]
     except (KeyError, TypeError, ValueError, AttributeError) as problem:
         raise ShardFailed("invalid", f"the shard's answer is malformed: {problem}") from None
     return version, matches
+
+
+def _match(found: Any) -> RemoteMatch:
+    metadata = found.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise ValueError("metadata must be an object")
+    return RemoteMatch(str(found["id"]), float(found["score"]), metadata)
 
 
 class RemoteShards:
