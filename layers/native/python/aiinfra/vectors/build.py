@@ -49,14 +49,16 @@ def write_base(snapshot: IndexSnapshot, directory: Path, segment_id: str) -> Seg
     or no row is live; when its training fails (too few rows, e.g. IVF with fewer rows than lists)
     there is no index.faiss, a warning "index left untrained" is logged and the base is searched
     exactly. Training uses every live row up to TRAIN_SAMPLE_ROWS (or 256 per IVF list, as FAISS
-    keeps), else a fixed-seed uniform sample of that many. HNSW graphs get efConstruction 200.
+    keeps), else a fixed-seed uniform sample of that many. HNSW graphs are built with at least
+    `factory.HNSW_EF_CONSTRUCTION`. Vectors are copied as stored (already normalised for cosine).
 
     Memory: the FAISS index being built, one chunk of CHUNK_ROWS vectors, the training sample (freed
     before the rows are added), the ids, the metadata columns as (row, value) arrays; plus the
     source files' mapped pages, which the kernel can reclaim.
 
-    Raises `InvalidIndexInput` (aiinfra.vectors.errors) when the factory string is refused, as
-    today's path does: only when at least one row is live and the factory is not Flat.
+    Raises `InvalidIndexInput` (aiinfra.vectors.errors) when `factory.factory_index` refuses the
+    factory string, as today's path does: only when at least one row is live and the factory is not
+    Flat. Any exception leaves partial files in `directory`, and nothing anywhere else.
     """
     manifest = snapshot.manifest
     sources = [(view.segment, _live_rows(view.segment, view.live)) for view in snapshot.views]
