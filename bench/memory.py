@@ -31,7 +31,7 @@ import redis  # noqa: E402
 from aiinfra._native import EnvelopeCodec, decode_replies, encode_commands  # noqa: E402
 from aiinfra.memory.resp import RedisClient  # noqa: E402
 from aiinfra.memory.schema import index_key, memory_prefix  # noqa: E402
-from aiinfra.memory.store import INDEX_TTL_MS, Codec, MemoryStore  # noqa: E402
+from aiinfra.memory.store import INDEX_TTL_MS, Codec, MemoryStore, Quotas  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
@@ -52,6 +52,7 @@ HANDLER_OPS = 2000
 ROUNDS = 10
 KEYS = [f"k{i:04d}" for i in range(1000)]
 CEILING = "ceiling of a Python client: our requests prebuilt, a bare socket"
+QUOTAS = "aiinfra, native codec, per-agent quotas on (the default)"
 Row = dict[str, Any]
 
 
@@ -248,6 +249,12 @@ def data_plane(port: int) -> tuple[dict[str, Row], dict[str, float], dict[str, d
         contenders[name] = store_contender(
             MemoryStore(RedisClient(url, 2.0), lambda codec=codec: codec), name[:20]
         )
+    # The memory function's default: per-agent quotas, so every write is a script that counts it.
+    quotas = Quotas(max_memories=100_000, max_bytes=256 * 1024 * 1024)
+    native = EnvelopeCodec({"k1": key}, "k1")
+    contenders[QUOTAS] = store_contender(
+        MemoryStore(RedisClient(url, 2.0), lambda: native, quotas=quotas), "quotas"
+    )
     contenders[CEILING] = ceiling_contender(port, EnvelopeCodec({"k1": key}, "k1"), "ceiling")
     rounds: dict[str, list[float]] = {"SET": [], "GET": []}
 

@@ -48,7 +48,7 @@ def test_every_answer_is_described_by_a_schema_the_document_holds(
     schemas = document["components"]["schemas"]
     assert set(re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(document))) <= schemas.keys()
     put = document["paths"]["/agents/{agent_id}/memories/{key}"]["put"]["responses"]
-    assert sorted(put) == ["200", "201", "400", "401", "403", "404", "412", "413", "500", "503"]
+    assert sorted(put) == ["200", "201", "400", "401", "403", "404", "412", "413", "429", "500", "503"]
     assert put["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
     assert put["503"]["description"] == "Service Unavailable"
     assert schemas["ErrorBody"]["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}

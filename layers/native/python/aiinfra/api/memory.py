@@ -29,6 +29,7 @@ from aiinfra.api.errors import (
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
     error_responses,
@@ -211,6 +212,8 @@ def _store_faults(agent_id: str) -> Iterator[None]:
         raise NotFound(f"agent {agent_id!r} has no memory {str(missing)!r}", param="key") from None
     except data.PreconditionFailed:
         raise PreconditionFailed("the memory's version does not match the precondition") from None
+    except data.QuotaExceeded as error:
+        raise TooManyRequests(f"{error}: nothing was written", param=error.quota) from None
     except data.ValuesTooLarge as error:
         raise AnswerTooLarge(
             f"{error}, more than one answer carries: ask for fewer keys", param="keys"
@@ -253,6 +256,8 @@ def router(store: data.MemoryStore, settings: MemorySettings, auth: AuthSettings
     one = error_responses(
         Unauthorized, Forbidden, NotFound, PreconditionFailed, IntegrityFailure, Unavailable
     )
+    # A write may also meet the agent's quotas.
+    write = {**one, **error_responses(TooManyRequests)}
 
     def allow(request: Request, agent_id: str) -> None:
         principal(request, auth).require_agent(agent_id)
@@ -260,7 +265,7 @@ def router(store: data.MemoryStore, settings: MemorySettings, auth: AuthSettings
     @routes.put(
         "/agents/{agent_id}/memories/{key}",
         response_class=Response,
-        responses={200: documented(WrittenOne), 201: documented(WrittenOne), **one},
+        responses={200: documented(WrittenOne), 201: documented(WrittenOne), **write},
         openapi_extra={"parameters": [IF_MATCH, IF_NONE_MATCH]},
     )
     async def put_memory(request: Request, agent_id: AgentId, key: Key, body: PutMemory) -> Response:
@@ -315,7 +320,7 @@ def router(store: data.MemoryStore, settings: MemorySettings, auth: AuthSettings
     @routes.post(
         "/agents/{agent_id}/batch-put",
         response_class=Response,
-        responses={200: documented(BatchWritten), **one},
+        responses={200: documented(BatchWritten), **write},
     )
     async def batch_put(request: Request, agent_id: AgentId, body: BatchPut) -> Response:
         allow(request, agent_id)

@@ -28,3 +28,8 @@ def memory_prefix(agent_id: str) -> bytes:
 def index_key(agent_id: str) -> bytes:
     """A sorted set of the agent's keys (all score 0, so ordered by name for cursor paging)."""
     return f"idx:{{{agent_id}}}".encode()
+
+
+def usage_key(agent_id: str) -> bytes:
+    """A hash of what the agent's memories count against its quotas (see memory.store)."""
+    return f"use:{{{agent_id}}}".encode()

@@ -4,11 +4,13 @@ A write is one round trip and atomic. With If-Match / If-None-Match it is a Lua 
 the version at bytes 1..9 of the stored envelope, writes the value with PXAT and updates the agent's
 key index; without one it is a MULTI/EXEC of the same commands (Redis runs it faster than a script),
 where `SET .. GET` tells a created entry from a replaced one. A batch put is one MULTI/EXEC too:
-all of its items or none.
+all of its items or none. With per-agent quotas every write is a script that checks and updates the
+agent's usage (`use:{<agent_id>}`) in the same step: over a quota, nothing is written.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +35,7 @@ from aiinfra.memory.resp import (
     is_bulk,
     is_bulk_list,
 )
-from aiinfra.memory.schema import index_key, memory_key, memory_prefix
+from aiinfra.memory.schema import index_key, memory_key, memory_prefix, usage_key
 from aiinfra.observability import MetricUnit, logger, metrics
 
 # The index outlives every entry it lists: no entry lives longer than 30 days past its write.
@@ -76,6 +78,14 @@ class ValuesTooLarge(Exception):
     """The memories a batch get asks for hold more JSON than its caller will take."""
 
 
+class QuotaExceeded(Exception):
+    """A write would take the agent past a quota (`quota` names it); nothing was written."""
+
+    def __init__(self, message: str, quota: str) -> None:
+        super().__init__(message)
+        self.quota = quota
+
+
 @dataclass(frozen=True)
 class Condition:
     """A write precondition: `any`, `absent` (If-None-Match: *), `exists` (If-Match: *) or `match`."""
@@ -87,14 +97,115 @@ class Condition:
 UNCONDITIONAL = Condition()
 
 
-# A put with a precondition: 0 when it does not hold, else 2 when created, 1 when replaced.
+@dataclass(frozen=True)
+class Quotas:
+    """Per-agent limits (0: none) on how many memories an agent holds and their stored bytes (the
+    envelopes, as Redis holds them)."""
+
+    max_memories: int = 0
+    max_bytes: int = 0
+
+    @property
+    def any(self) -> bool:
+        return self.max_memories > 0 or self.max_bytes > 0
+
+    def exceeded(self, outcome: int) -> QuotaExceeded:
+        """What a script's -1 (count) or -2 (bytes) means."""
+        if outcome == -1:
+            return QuotaExceeded(
+                f"the agent holds its quota of {self.max_memories} memories", "max_memories_per_agent"
+            )
+        return QuotaExceeded(
+            f"the write would take the agent past its quota of {self.max_bytes} stored bytes",
+            "max_bytes_per_agent",
+        )
+
+
+NO_QUOTAS = Quotas()
+# How many index names one call examines at most: a list's page, a write's reclaim of expired names.
+EXAMINE_BUDGET = 2000
+RECLAIM_BUDGET = 200
+
+
+# The agent's usage hash: each counted name's stored bytes, their count `~n` and sum `~b` (`~` is
+# outside the name alphabet), and `~c`, where the last reclaim of expired names stopped. A name
+# counts from its write until its delete, or until a list or a reclaim finds it expired.
+_USAGE = """
+-- Longer than a listpack entry may be: a hash or sorted set holding it becomes a hash table or a
+-- skiplist and stays one, so adding many names is no linear search (as INDEX_ENCODING_MEMBER).
+local LONG = string.rep('~', 65)
+local function forget(usage, name)
+  local size = redis.call('HGET', usage, name)
+  if size then
+    redis.call('HDEL', usage, name)
+    redis.call('HINCRBY', usage, '~n', -1)
+    redis.call('HINCRBY', usage, '~b', -tonumber(size))
+  end
+end
+-- The agent's count and bytes once `names` of `sizes` are written, each replacing what it held.
+local function usage_after(usage, names, sizes)
+  local held = redis.call('HMGET', usage, '~n', '~b', unpack(names))
+  local n, b = tonumber(held[1] or 0), tonumber(held[2] or 0)
+  for i = 1, #names do
+    if not held[i + 2] then n = n + 1 end
+    b = b + sizes[i] - tonumber(held[i + 2] or 0)
+  end
+  return n, b
+end
+-- Forgets the expired names among the next `budget` of the index, from where the last one stopped.
+local function reclaim(index, usage, base, budget)
+  local from = redis.call('HGET', usage, '~c') or ''
+  local lo = '-'
+  if from ~= '' then lo = '(' .. from end
+  local names = redis.call('ZRANGE', index, lo, '+', 'BYLEX', 'LIMIT', 0, budget)
+  for _, name in ipairs(names) do
+    if redis.call('EXISTS', base .. name) == 0 then
+      redis.call('ZREM', index, name)
+      forget(usage, name)
+    end
+  end
+  local stop = ''
+  if #names == budget then stop = names[#names] end
+  redis.call('HSET', usage, '~c', stop)
+end
+-- Counts `names` of `sizes` if they fit the quotas (after reclaiming expired names once if they do
+-- not): 0, else -1 (over the count) or -2 (over the bytes), and then nothing is counted.
+local function count(index, usage, base, names, sizes, max_n, max_b, budget, ttl_ms)
+  for attempt = 1, 2 do
+    local n, b = usage_after(usage, names, sizes)
+    local over = 0
+    if max_n > 0 and n > max_n then over = -1 elseif max_b > 0 and b > max_b then over = -2 end
+    if over == 0 then
+      local fields = {'~n', n, '~b', b, '~e', LONG}
+      for i = 1, #names do
+        fields[#fields + 1] = names[i]
+        fields[#fields + 1] = sizes[i]
+      end
+      redis.call('HSET', usage, unpack(fields))
+      redis.call('PEXPIRE', usage, ttl_ms)
+      return 0
+    end
+    if attempt == 2 then return over end
+    reclaim(index, usage, base, budget)
+  end
+end
+"""
+
+# A put: KEYS = key, index, usage. 0 when its precondition does not hold, -1 / -2 over the count
+# / bytes quota (0 for none), else 2 when created, 1 when replaced.
 _PUT = Script(
-    """
+    _USAGE
+    + """
 local cur = redis.call('GET', KEYS[1])
 local mode = ARGV[3]
 if (mode == 'absent' and cur) or (mode == 'exists' and not cur)
    or (mode == 'match' and (not cur or string.sub(cur, 2, 9) ~= ARGV[4])) then
   return 0
+end
+local max_n, max_b, budget = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[10])
+if max_n > 0 or max_b > 0 then
+  local over = count(KEYS[2], KEYS[3], ARGV[9], {ARGV[5]}, {#ARGV[1]}, max_n, max_b, budget, ARGV[6])
+  if over ~= 0 then return over end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[2])
 redis.call('ZADD', KEYS[2], 0, ARGV[5])
@@ -104,41 +215,79 @@ return 2
 """
 )
 
+# A batch put under quotas: KEYS = index, usage, then each memory's key; ARGV = max count, max
+# bytes, index TTL, memory prefix, reclaim budget, then (sealed value, PXAT, name) per memory.
+# -1 / -2 over a quota (nothing written), else how many it wrote.
+_BATCH_PUT = Script(
+    _USAGE
+    + """
+local names, sizes, members = {}, {}, {}
+for i = 3, #KEYS do
+  local at = 3 * (i - 3) + 6
+  names[#names + 1] = ARGV[at + 2]
+  sizes[#sizes + 1] = #ARGV[at]
+  members[#members + 1] = 0
+  members[#members + 1] = ARGV[at + 2]
+end
+local max_n, max_b, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
+local over = count(KEYS[1], KEYS[2], ARGV[4], names, sizes, max_n, max_b, budget, ARGV[3])
+if over ~= 0 then return over end
+for i = 3, #KEYS do
+  local at = 3 * (i - 3) + 6
+  redis.call('SET', KEYS[i], ARGV[at], 'PXAT', ARGV[at + 1])
+end
+redis.call('ZADD', KEYS[1], 0, LONG, unpack(members))
+redis.call('ZREM', KEYS[1], LONG)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return #KEYS - 2
+"""
+)
+
 _DELETE = Script(
-    """
+    _USAGE
+    + """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return -1 end
 if ARGV[1] == 'match' and string.sub(cur, 2, 9) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
+if KEYS[3] then forget(KEYS[3], ARGV[3]) end
 return 1
 """
 )
 
-# Pages the index by name after the cursor, dropping names whose entry has expired, and stops
-# after `limit` live names plus one more (which only says whether another page exists).
+# Pages the index by name after the cursor, forgetting names whose entry has expired. Examines at
+# most `budget` names, live or expired, so one call's work is bounded however many names expired:
+# answers {next cursor or '', live names...}, stopping after `limit` live names plus a look at one
+# more (which only says whether another page exists), or where the budget ran out.
 _LIST = Script(
-    """
+    _USAGE
+    + """
 local prefix, after, limit, base = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local budget = tonumber(ARGV[5])
 local lo = '[' .. prefix
 if after ~= '' and after >= prefix then lo = '(' .. after end
 local hi = '+'
 if prefix ~= '' then hi = '[' .. prefix .. '\\255' end
-local live = {}
-while #live <= limit do
-  local names = redis.call('ZRANGE', KEYS[1], lo, hi, 'BYLEX', 'LIMIT', 0, limit + 1)
-  if #names == 0 then break end
+local live, examined, last = {}, 0, nil
+while examined < budget do
+  local page = math.min(limit + 1, budget - examined)
+  local names = redis.call('ZRANGE', KEYS[1], lo, hi, 'BYLEX', 'LIMIT', 0, page)
+  if #names == 0 then return {'', unpack(live)} end
   for _, name in ipairs(names) do
+    examined = examined + 1
     if redis.call('EXISTS', base .. name) == 1 then
+      if #live == limit then return {live[limit], unpack(live)} end
       live[#live + 1] = name
-      if #live > limit then break end
     else
       redis.call('ZREM', KEYS[1], name)
+      if KEYS[2] then forget(KEYS[2], name) end
     end
+    last = name
   end
-  lo = '(' .. names[#names]
+  lo = '(' .. last
 end
-return live
+return {last, unpack(live)}
 """
 )
 
@@ -158,15 +307,20 @@ return swapped
 
 
 def _is_put_outcome(reply: Any) -> bool:
-    return isinstance(reply, int) and reply in (0, 1, 2)
+    return isinstance(reply, int) and reply in (-2, -1, 0, 1, 2)
+
+
+def _is_batch_outcome(reply: Any) -> bool:
+    return isinstance(reply, int) and reply >= -2
 
 
 def _is_delete_outcome(reply: Any) -> bool:
     return isinstance(reply, int) and reply in (-1, 0, 1)
 
 
-def _is_name_list(reply: Any) -> bool:
-    return isinstance(reply, list) and all(isinstance(name, bytes) for name in reply)
+def _is_page(reply: Any) -> bool:
+    """A list's answer: the next cursor ('' at the end), then the names."""
+    return isinstance(reply, list) and len(reply) > 0 and all(isinstance(name, bytes) for name in reply)
 
 
 def _is_count(reply: Any) -> bool:
@@ -210,8 +364,10 @@ class MemoryStore:
         load_codec: Callable[[], Codec],
         keyring_reload_seconds: float = 300.0,
         integrity_reload_seconds: float = 5.0,
+        quotas: Quotas = NO_QUOTAS,
     ) -> None:
         self.redis = redis
+        self.quotas = quotas
         self.keyring_reload_seconds = keyring_reload_seconds
         self.integrity_reload_seconds = integrity_reload_seconds
         # The keyring may need Redis (kms://): it loads on first use, so init survives Redis being down.
@@ -267,23 +423,29 @@ class MemoryStore:
         self, agent_id: str, key: str, value_json: bytes, ttl: int, condition: Condition = UNCONDITIONAL
     ) -> tuple[Memory, bool]:
         """Writes one memory; answers it and whether it was created (vs. replaced)."""
-        if condition.mode == "any":
+        if condition.mode == "any" and not self.quotas.any:
             # A batch put of one, whose `SET .. GET` answers the value it replaced.
             [memory], [created] = self._write(agent_id, [(key, value_json, ttl)], answer_replaced=True)
             return memory, created
         index, redis_key = index_key(agent_id), memory_key(agent_id, key)
         expires = time.time_ns() // 1_000_000 + ttl * 1000
+        quotas = self.quotas
         # One native call seals the value straight into the EVALSHA's bytes.
         request, version = self.codec.seal_command(
-            ["EVALSHA", _PUT.sha, 2, redis_key, index],
+            ["EVALSHA", _PUT.sha, 3, redis_key, index, usage_key(agent_id)],
             redis_key,
             expires,
             value_json,
-            [expires, condition.mode, version_bytes(condition.version), key, INDEX_TTL_MS],
+            [
+                *(expires, condition.mode, version_bytes(condition.version), key, INDEX_TTL_MS),
+                *(quotas.max_memories, quotas.max_bytes, memory_prefix(agent_id), RECLAIM_BUDGET),
+            ],
         )
         outcome = self._run_encoded(_PUT, request, redis_key, _is_put_outcome)
         if outcome == 0:
             raise PreconditionFailed(key)
+        if outcome < 0:
+            raise quotas.exceeded(outcome)
         return Memory(key, version, expires), outcome == 2
 
     def get(self, agent_id: str, key: str) -> Memory:
@@ -295,25 +457,53 @@ class MemoryStore:
 
     def delete(self, agent_id: str, key: str, condition: Condition = UNCONDITIONAL) -> None:
         args: list[Arg] = [condition.mode, version_bytes(condition.version), key]
-        outcome = self._run(
-            _DELETE, [memory_key(agent_id, key), index_key(agent_id)], args, _is_delete_outcome
-        )
+        keys = [memory_key(agent_id, key), index_key(agent_id), *self._usage_keys(agent_id)]
+        outcome = self._run(_DELETE, keys, args, _is_delete_outcome)
         if outcome == -1:
             raise MemoryNotFound(key)
         if outcome == 0:
             raise PreconditionFailed(key)
 
     def list_keys(self, agent_id: str, prefix: str, limit: int, cursor: str) -> tuple[list[str], str | None]:
-        """Up to `limit` live keys after `cursor`, by name; the next cursor, or None at the end."""
-        args: list[Arg] = [prefix, cursor, limit, memory_prefix(agent_id)]
-        names = [name.decode() for name in self._run(_LIST, [index_key(agent_id)], args, _is_name_list)]
-        if len(names) > limit:
-            return names[:limit], names[limit - 1]
-        return names, None
+        """Up to `limit` live keys after `cursor`, by name; the next cursor, or None at the end. One
+        call examines at most EXAMINE_BUDGET names: past many expired ones the page may be short
+        (even empty) with a cursor to go on from."""
+        args: list[Arg] = [prefix, cursor, limit, memory_prefix(agent_id), max(EXAMINE_BUDGET, limit + 1)]
+        keys = [index_key(agent_id), *self._usage_keys(agent_id)]
+        next_cursor, *names = self._run(_LIST, keys, args, _is_page)
+        return [name.decode() for name in names], next_cursor.decode() or None
+
+    def _usage_keys(self, agent_id: str) -> list[bytes]:
+        """The usage hash, for a delete or a list to keep it right; none without quotas: nothing
+        keeps it then, and a key a script need not touch cannot make a migrating slot refuse it."""
+        return [usage_key(agent_id)] if self.quotas.any else []
 
     def batch_put(self, agent_id: str, items: list[tuple[str, bytes, int]]) -> list[Memory]:
         """Writes `(key, value_json, ttl)` items atomically: after a fault, none of them or all."""
+        if self.quotas.any:
+            return self._counted_batch_put(agent_id, items)
         return self._write(agent_id, items, answer_replaced=False)[0]
+
+    def _counted_batch_put(self, agent_id: str, items: list[tuple[str, bytes, int]]) -> list[Memory]:
+        """A batch put under quotas: one script checks them and writes every item, or none."""
+        prefix, now = memory_prefix(agent_id), time.time_ns() // 1_000_000
+        # Versions as the native codec makes them: 64 random bits, never 0.
+        written = [Memory(key, secrets.randbits(64) or 1, now + ttl * 1000) for key, _, ttl in items]
+        sealed = self.codec.seal_many(
+            [
+                (prefix + memory.key.encode(), memory.version, memory.expires_at_ms, value_json)
+                for memory, (_, value_json, _) in zip(written, items, strict=True)
+            ]
+        )
+        quotas = self.quotas
+        args: list[Arg] = [quotas.max_memories, quotas.max_bytes, INDEX_TTL_MS, prefix, RECLAIM_BUDGET]
+        for memory, blob in zip(written, sealed, strict=True):
+            args += [blob, memory.expires_at_ms, memory.key]
+        keys = [index_key(agent_id), usage_key(agent_id), *(prefix + m.key.encode() for m in written)]
+        outcome = self._run(_BATCH_PUT, keys, args, _is_batch_outcome)
+        if outcome < 0:
+            raise quotas.exceeded(outcome)
+        return written
 
     def _write(
         self, agent_id: str, items: list[tuple[str, bytes, int]], answer_replaced: bool
@@ -444,6 +634,7 @@ def memory_store(settings: MemorySettings) -> MemoryStore:
         redis,
         lambda: load_keyring(settings, lambda: holds_memories(redis)).codec(),
         settings.keyring_reload_seconds,
+        quotas=Quotas(settings.max_memories_per_agent, settings.max_bytes_per_agent),
     )
 
 
@@ -455,6 +646,8 @@ __all__ = [
     "MemoryNotFound",
     "MemoryStore",
     "PreconditionFailed",
+    "QuotaExceeded",
+    "Quotas",
     "ValuesTooLarge",
     "memory_store",
 ]
