@@ -66,13 +66,19 @@ def test_without_a_store_only_the_layers_models_are_served(layer_without_fp32: P
     assert client.post("/v1/embeddings", json={"input": "hello"}).status_code == 200
 
 
-def test_a_store_that_cannot_deliver_gives_503(s3: str, layer_without_fp32: Path, tmp_path: Path) -> None:
+def test_a_store_that_cannot_deliver_gives_503_naming_neither_bucket_nor_endpoint(
+    s3: str, moto_endpoint: str, layer_without_fp32: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     catalog = ModelCatalog(layer_without_fp32, INT8, 1, f"s3://{s3}/empty", fetch_dir=tmp_path / "fetched")
     client = TestClient(create_embed_app(catalog))
     answer = client.post("/v1/embeddings", json={"input": "hello", "model": FP32})
     assert answer.status_code == 503
     assert answer.headers["retry-after"] == "5"
-    assert "MODEL_STORE" in answer.json()["error"]["message"]
+    assert answer.json()["error"]["message"] == f"model {FP32!r} is not available right now, retry shortly"
+    for internal in (s3, moto_endpoint, "s3://", str(tmp_path), "empty"):
+        assert internal not in answer.text
+    [logged] = [record for record in caplog.records if record.getMessage() == "model fetch failed"]
+    assert s3 in logged.store and "404" in logged.reason  # the log line keeps where and why
     assert not (tmp_path / "fetched" / FP32 / "model.onnx").exists()
 
 

@@ -20,6 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aiinfra.api.errors import ApiError, InvalidRequest, PayloadTooLarge
 from aiinfra.api.openapi import add_documented_schemas
 
+# What a caller is told about a fault of ours: nothing of it (the log line has the traceback).
+INTERNAL_ERROR = ApiError("an internal error occurred; it has been logged")
+
 
 def _no_pydantic_v1(annotation: Any) -> bool:
     return False
@@ -104,6 +107,37 @@ class BodyLimit:
         return refusal(scope, receive, send)
 
 
+class InternalErrors:
+    """An exception no route mapped is a 500 whose body says nothing of it: its message may name a
+    bucket, a path or a key id. The log line keeps it, with the traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception:
+            from aiinfra.observability import logger
+
+            logger().exception(
+                "unhandled error", extra={"method": scope.get("method"), "path": scope.get("path")}
+            )
+            if started:
+                raise  # the answer is on its way: nothing left to replace it with
+            await error_response(INTERNAL_ERROR)(scope, receive, send)
+
+
 def _methods_of(app: FastAPI, path: str) -> list[str]:
     """Every method some route of `app` serves at `path`."""
     matching = (r for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(path))
@@ -156,5 +190,6 @@ def create_app(title: str, routers: Sequence[APIRouter]) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(InternalErrors)
     app.add_middleware(BodyLimit)
     return app

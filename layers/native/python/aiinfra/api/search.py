@@ -208,7 +208,9 @@ def lazy_text_encoder() -> TextEncoder:
             try:
                 catalogs.append(ModelCatalog.from_settings(embed_settings()))
             except ConfigError as exc:
-                raise Unavailable(f"text embedding is not available: {exc}", retry_after_seconds=60) from exc
+                # The setting's value (a path) stays in the log.
+                logger().warning("text embedding not configured", extra={"reason": str(exc)})
+                raise Unavailable("text embedding is not available here", retry_after_seconds=60) from exc
         try:
             model = catalogs[0].get()
         except ModelFetchFailed as exc:

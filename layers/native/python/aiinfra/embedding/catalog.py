@@ -106,8 +106,14 @@ class ModelCatalog:
             try:
                 model_path = fetch_model(self.model_store, model_id, self.fetch_dir)
             except Exception as exc:  # boto3 raises many types; every one means "not now"
-                message = f"model {model_id!r} could not be fetched from MODEL_STORE: {exc}"
-                raise ModelFetchFailed(message) from exc
+                from aiinfra.observability import logger
+
+                # Where it was fetched from and why it failed are for the log, not the caller.
+                where = {"model": model_id, "store": self.model_store, "reason": str(exc)}
+                logger().warning("model fetch failed", extra=where)
+                raise ModelFetchFailed(
+                    f"model {model_id!r} is not available right now, retry shortly"
+                ) from exc
         from aiinfra.embedding.embedder import Embedder
 
         return Embedder(model_path, self.model_dir / "tokenizer.json", intra_op_threads=self.threads)
