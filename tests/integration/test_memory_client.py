@@ -8,7 +8,8 @@ import pytest
 import redis
 from aiinfra._native import encode_commands
 from aiinfra.memory.resp import RedisClient, ReplyTooLarge
-from aiinfra.memory.store import _LIST, _PUT, Condition, Memory, MemoryStore, ValuesTooLarge
+from aiinfra.memory.scripts import LIST, PUT
+from aiinfra.memory.store import Condition, Memory, MemoryStore, ValuesTooLarge
 
 from tests.support.redis_server import RedisServer
 
@@ -79,7 +80,7 @@ def test_a_redis_that_lost_its_scripts_is_given_them_again(
     assert not created
     assert store.get(agent, "plan") == Memory("plan", memory.version, memory.expires_at_ms, b'{"step": 2}')
     assert store.list_keys(agent, "", 10, "") == (["plan"], None)
-    assert raw_redis.script_exists(*(script.sha for script in (_PUT, _LIST))) == [True, True]
+    assert raw_redis.script_exists(*(script.sha for script in (PUT, LIST))) == [True, True]
 
 
 def test_a_batch_of_many_turns_a_small_index_into_a_skiplist_of_its_keys_alone(
