@@ -15,7 +15,7 @@ LOGICAL_IDS = {
     "search": "SearchFunction",
     "memory": "MemoryFunction",
     "indexer": "IndexerFunction",
-    "shard": "ShardFunction${Slot}",  # stamped out once per slot by Fn::ForEach
+    "shard": "ShardFunction0",  # one per slot, all alike
 }
 
 
@@ -41,16 +41,8 @@ def template() -> dict[str, Any]:
 
 
 def resource(logical_id: str) -> dict[str, Any]:
-    """A resource by logical id, also one an `Fn::ForEach::` block stamps out (id as written there)."""
-    resources = template()["Resources"]
-    if logical_id in resources:
-        found: dict[str, Any] = resources[logical_id]
-        return found
-    for key, loop in resources.items():
-        if key.startswith("Fn::ForEach::") and logical_id in loop[2]:
-            stamped: dict[str, Any] = loop[2][logical_id]
-            return stamped
-    raise KeyError(logical_id)
+    found: dict[str, Any] = template()["Resources"][logical_id]
+    return found
 
 
 def function_properties(function: str) -> dict[str, Any]:
