@@ -14,7 +14,7 @@ from aiinfra.config import ConfigError, memory_settings
 from fastapi.testclient import TestClient
 
 from tests.integration.test_memory_keys import aws_environment
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, free_port
 
 # Every character a URL gives a meaning to, in the password the secret holds.
 PASSWORD = "p/ss@w:rd%2F?#[x]"
@@ -86,3 +86,23 @@ def test_a_malformed_redis_url_fails_the_init_repeating_none_of_it(
     assert message.startswith("REDIS_URL is malformed")
     for part in ("s3cr", "et@", "cache.internal", "alice", "63a9", "99999", "zero"):
         assert part not in message, part
+
+
+def test_an_unreachable_redis_is_a_503_naming_neither_its_address_nor_its_password(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    port = free_port()
+    _environment(monkeypatch, tmp_path, f"redis://memory:s3cret-pw@127.0.0.1:{port}/0")
+    client = TestClient(create_memory_app())
+    for answer in (
+        client.put("/agents/a/memories/k", json={"value": 1}),
+        client.get("/agents/a/memories/k"),
+        client.get("/agents/a/memories"),
+    ):
+        assert answer.status_code == 503
+        assert answer.json()["error"]["message"] in (
+            "the memory store is unavailable, retry shortly",
+            "the memory keyring is unavailable, retry shortly",
+        )
+        for internal in (str(port), "s3cret-pw", "127.0.0.1", "memory:", str(tmp_path)):
+            assert internal not in answer.text, internal
