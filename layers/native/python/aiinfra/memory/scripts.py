@@ -69,8 +69,8 @@ local function count(index, usage, base, names, sizes, max_n, max_b, budget, ttl
 end
 """
 
-# A put: KEYS = key, index, usage. 0 when its precondition does not hold, -1 / -2 over the count
-# / bytes quota (0 for none), else 2 when created, 1 when replaced.
+# A put: KEYS = key, index (and usage, with quotas). 0 when its precondition does not hold, -1 / -2
+# over the count / bytes quota (0 for none), else 2 when created, 1 when replaced.
 PUT = Script(
     USAGE
     + """

@@ -251,10 +251,10 @@ class MemoryStore:
             return memory, created
         index, redis_key = index_key(agent_id), memory_key(agent_id, key)
         expires = time.time_ns() // 1_000_000 + ttl * 1000
-        quotas = self.quotas
+        quotas, usage = self.quotas, self._usage_keys(agent_id)
         # One native call seals the value straight into the EVALSHA's bytes.
         request, version = self.codec.seal_command(
-            ["EVALSHA", PUT.sha, 3, redis_key, index, usage_key(agent_id)],
+            ["EVALSHA", PUT.sha, 2 + len(usage), redis_key, index, *usage],
             redis_key,
             expires,
             value_json,
@@ -296,8 +296,8 @@ class MemoryStore:
         return [name.decode() for name in names], next_cursor.decode() or None
 
     def _usage_keys(self, agent_id: str) -> list[bytes]:
-        """The usage hash, for a delete or a list to keep it right; none without quotas: nothing
-        keeps it then, and a key a script need not touch cannot make a migrating slot refuse it."""
+        """The usage hash, for a script to keep it right; none without quotas: nothing keeps it
+        then, and a key a script need not touch cannot make a migrating slot refuse it."""
         return [usage_key(agent_id)] if self.quotas.any else []
 
     def batch_put(self, agent_id: str, items: list[tuple[str, bytes, int]]) -> list[Memory]:
