@@ -8,9 +8,10 @@ size in build/bench/compaction-<size>/ through the writer: upserts of 100,000 ro
 segment each), then 1 % of the ids replaced and 1 % deleted, so the build folds shadowed rows and
 tombstones. Each contender then runs in a fresh process of its own on 2 threads: it loads the
 index's snapshot, then builds the new base segment's files into an empty directory (what compaction
-does before its upload and manifest swap): "today" = `_live_items` -> `_build_index` ->
-`write_segment`; "write_base" = `aiinfra.vectors.build.write_base`. Peak RSS is that process's
-`ru_maxrss` (the launching process stays small); "before build" is its RSS once the snapshot is
+does before its upload and manifest swap): "today" = tests/support/reference_build.py (every row in
+memory, the factory index over them, then `write_segment`); "write_base" =
+`aiinfra.vectors.build.write_base`. Peak RSS is that process's `ru_maxrss` (the launching process
+stays small); "before build" is its RSS once the snapshot is
 loaded. Index = the segment's files on disk. CPU s is the build's own user + system time (other
 work on the machine does not inflate it); the 6-vCPU column spreads it over the indexer's share at
 10 GB, an estimate that assumes the build keeps 6 threads busy (FAISS's HNSW insertion runs on
@@ -127,9 +128,9 @@ def contend(path: str, size: int) -> dict[str, Any]:
     import faiss
     from aiinfra.vectors.build import write_base
     from aiinfra.vectors.reader import IndexReader, IndexSnapshot
-    from aiinfra.vectors.segment import stored_factory, write_segment
     from aiinfra.vectors.store import FileStore
-    from aiinfra.vectors.writer import _build_index, _live_items
+
+    from tests.support.reference_build import write_reference_base
 
     faiss.omp_set_num_threads(THREADS)
     snapshot = IndexReader(FileStore(store_root(size)), bench_index().shard(0), 3600.0).snapshot()
@@ -146,22 +147,7 @@ def contend(path: str, size: int) -> dict[str, Any]:
     if path == "write_base":
         ref = write_base(snapshot, out, "bench")
     else:
-        manifest = snapshot.manifest
-        ids, vectors, metadata = _live_items(snapshot)
-        index = _build_index(manifest, vectors)
-        refine = index is not None and stored_factory(manifest.factory) != manifest.factory
-        ref = write_segment(
-            out,
-            "bench",
-            dimension=manifest.dimension,
-            metric=manifest.metric,
-            ids=ids,
-            vectors=vectors,
-            metadata=metadata,
-            kind="base",
-            index=index,
-            refine=refine,
-        )
+        ref = write_reference_base(snapshot, out, "bench")
     seconds = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak = usage.ru_maxrss / 1024

@@ -1,7 +1,8 @@
 """`write_base` (compaction in bounded memory) writes the base segment today's compaction writes:
 the same files for rows, ids, metadata and filter columns, and an index that answers the same.
 
-The reference is today's path: `_live_items` -> `_build_index` -> `write_segment(kind="base")`.
+The reference is the build before it (tests/support/reference_build.py: all rows in memory, then
+`write_segment(kind="base")`).
 Truth is computed here from what the test wrote (replaced and deleted ids applied by hand)."""
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from aiinfra.vectors.reader import IndexRegistry, IndexSnapshot
 from aiinfra.vectors.segment import (
     MMAP_FLAGS,
     read_segment,
-    stored_factory,
     write_flat_vectors,
-    write_segment,
 )
 from aiinfra.vectors.store import FileStore, IndexPath
-from aiinfra.vectors.writer import IndexWriter, _build_index, _live_items
+from aiinfra.vectors.writer import IndexWriter
+
+from tests.support.reference_build import write_reference_base
 
 DIM = 24
 K = 10
@@ -105,22 +106,7 @@ class Index:
 
 
 def _reference(snapshot: IndexSnapshot, directory: Path) -> SegmentRef:
-    ids, vectors, metadata = _live_items(snapshot)
-    manifest = snapshot.manifest
-    index = _build_index(manifest, vectors)
-    refine = index is not None and stored_factory(manifest.factory) != manifest.factory
-    return write_segment(
-        directory,
-        "reference",
-        dimension=manifest.dimension,
-        metric=manifest.metric,
-        ids=ids,
-        vectors=vectors,
-        metadata=metadata,
-        kind="base",
-        index=index,
-        refine=refine,
-    )
+    return write_reference_base(snapshot, directory, "reference")
 
 
 def _both(index: Index, tmp_path: Path) -> tuple[tuple[SegmentRef, Path], tuple[SegmentRef, Path]]:

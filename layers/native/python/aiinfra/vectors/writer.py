@@ -20,10 +20,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from aiinfra.observability import logger
+from aiinfra.vectors.build import write_base
 from aiinfra.vectors.errors import (
     IndexBusy,
     IndexConflict,
@@ -33,7 +33,7 @@ from aiinfra.vectors.errors import (
     InvalidIndexInput,
     detail_of,
 )
-from aiinfra.vectors.factory import HNSW_EF_CONSTRUCTION, factory_index
+from aiinfra.vectors.factory import factory_index
 from aiinfra.vectors.jobs import BackgroundCompactions, CompactionJob, JobObsolete
 from aiinfra.vectors.limits import IndexLimits
 from aiinfra.vectors.manifest import (
@@ -44,8 +44,8 @@ from aiinfra.vectors.manifest import (
     SegmentRef,
     shard_of,
 )
-from aiinfra.vectors.reader import IndexRegistry, IndexSnapshot
-from aiinfra.vectors.segment import stored_factory, write_segment
+from aiinfra.vectors.reader import IndexRegistry
+from aiinfra.vectors.segment import write_segment
 from aiinfra.vectors.store import IndexPath, IndexStore, ManifestConflict, new_segment_id
 
 MAX_SWAP_ATTEMPTS = 100
@@ -276,7 +276,7 @@ class IndexWriter:
             base = running.segments
             segment_id = new_segment_id()
             with self.store.scratch() as directory:
-                ref = _write_base(snapshot, directory, segment_id)
+                ref = write_base(snapshot, directory, segment_id)
                 self.store.put_segment(path, segment_id, directory)
         except Exception as error:
             outcome = CompactionOutcome("error", self.clock(), time.monotonic() - started, message=str(error))
@@ -392,50 +392,6 @@ def _swap_in(
     change: Callable[[IndexManifest, SegmentRef], IndexManifest], ref: SegmentRef, current: IndexManifest
 ) -> IndexManifest:
     return change(current, ref)
-
-
-def _write_base(snapshot: IndexSnapshot, directory: Path, segment_id: str) -> SegmentRef:
-    """The base segment folding every live row of `snapshot`, written into `directory`."""
-    manifest = snapshot.manifest
-    ids, vectors, metadata = _live_items(snapshot)
-    index = _build_index(manifest, vectors)
-    refine = index is not None and stored_factory(manifest.factory) != manifest.factory
-    build = _segment_writer(manifest, ids, vectors, metadata, kind="base", index=index, refine=refine)
-    return build(directory, segment_id)
-
-
-def _live_items(snapshot: IndexSnapshot) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
-    ids: list[str] = []
-    parts: list[np.ndarray] = []
-    metadata: list[dict[str, Any]] = []
-    for view in snapshot.views:
-        segment = view.segment
-        if view.live is None:
-            rows = np.arange(segment.ref.rows)
-        else:
-            rows = np.flatnonzero(np.unpackbits(view.live, bitorder="little")[: segment.ref.rows])
-        ids += segment.ids[rows].tolist()
-        parts.append(segment.vectors(rows))
-        metadata += [segment.metadata(int(r)) for r in rows]
-    dimension = snapshot.manifest.dimension
-    return ids, np.vstack(parts) if parts else np.zeros((0, dimension), dtype=np.float32), metadata
-
-
-def _build_index(manifest: IndexManifest, vectors: np.ndarray) -> faiss.Index | None:
-    """The factory index over `vectors`, or None when too few rows train it (exact search then)."""
-    if manifest.factory == "Flat" or len(vectors) == 0:
-        return None  # vectors.faiss already is the flat index
-    index = factory_index(manifest.dimension, manifest.metric, stored_factory(manifest.factory))
-    if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.efConstruction = max(index.hnsw.efConstruction, HNSW_EF_CONSTRUCTION)
-    if not index.is_trained:
-        try:
-            index.train(vectors)
-        except RuntimeError as exc:
-            logger().warning("index left untrained", extra={"index": manifest.name, "problem": str(exc)})
-            return None
-    index.add(vectors)
-    return index
 
 
 def _segment_writer(
