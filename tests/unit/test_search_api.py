@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiinfra import snapstart
 from aiinfra.vectors.manifest import shard_of
 from aiinfra.vectors.store import FileStore
 from aiinfra.vectors.writer import ORPHAN_GRACE_SECONDS
@@ -335,3 +336,22 @@ def test_creating_again_writes_the_shard_manifests_a_crash_left_unwritten(
     info = fresh.get("/indexes/split").json()
     shard_two = sum(1 for item in items if shard_of(item["id"], 3) == 2)
     assert info["count"] == 30 - shard_two and info["shards"] == 3
+
+
+def test_shards_load_on_first_use_and_after_a_snapstart_restore_re_check_at_once(
+    search_client: SearchClient, tmp_path: Path
+) -> None:
+    store = FileStore(tmp_path / "lazy")
+    writer = search_client(store)
+    assert writer.put("/indexes/lazy", json={"dimension": DIM}).status_code == 201
+    assert writer.post("/indexes/lazy/upsert", json={"items": _items(3)}).status_code == 200
+    segments = tmp_path / "lazy" / shard_path("lazy") / "segments"
+    [segment] = list(segments.iterdir())
+    (segment / "vectors.faiss").rename(segment / "moved")  # loading it now would fail
+    reader = search_client(store, refresh_seconds=3600.0)  # its init reads no index
+    (segment / "moved").rename(segment / "vectors.faiss")
+    assert reader.get("/indexes/lazy").json()["count"] == 3  # loaded by this first use
+    assert writer.post("/indexes/lazy/upsert", json={"items": _items(5)}).status_code == 200
+    assert reader.get("/indexes/lazy").json()["count"] == 3  # inside its refresh window
+    snapstart.HOOKS.run_after_restore()  # a restored copy of an old snapshot
+    assert reader.get("/indexes/lazy").json()["count"] == 5
