@@ -85,7 +85,9 @@ def wait_for_compaction(client: TestClient, name: str, timeout: float = 120.0) -
     background thread of the app's process)."""
     deadline = time.monotonic() + timeout
     while True:
-        info: dict[str, Any] = client.get(f"/indexes/{name}").json()
+        answer = client.get(f"/indexes/{name}")
+        assert answer.status_code == 200, answer.text
+        info: dict[str, Any] = answer.json()
         if info["compaction"]["state"] == "idle":
             return info
         assert time.monotonic() < deadline, f"compaction of {name!r} still {info['compaction']['state']}"

@@ -271,7 +271,9 @@ class IndexReader:
                 return  # another thread refreshed while this one waited
             started = self.clock()
             problem: Exception | None = None
-            for _ in range(3):  # a compaction may remove segments of the manifest just read: read again
+            # A compaction may remove the segments of the manifest just read, or be removing them (a
+            # folder half deleted reads as a corrupt segment): read the manifest again.
+            for _ in range(3):
                 try:
                     found = self.store.read_manifest(self.name)
                 except IndexUnavailable as exc:  # the store is down: keep answering from the last version
@@ -286,7 +288,7 @@ class IndexReader:
                     self._install(IndexManifest.from_json(found[0]))
                     problem = None
                     break
-                except SegmentMissing as exc:
+                except (SegmentMissing, CorruptSegment) as exc:
                     problem = exc
                 except CorruptManifest as exc:
                     problem = exc
@@ -312,7 +314,7 @@ class IndexReader:
         with self._lock:
             try:
                 self._install(manifest)
-            except SegmentMissing as exc:
+            except (SegmentMissing, CorruptSegment) as exc:
                 self._refuse(exc)
 
     def _refuse(self, problem: Exception) -> None:
@@ -329,11 +331,7 @@ class IndexReader:
             return
         if current is not None and manifest.incarnation != current.manifest.incarnation:
             self._segments = {}
-        try:
-            segments = [self._segment(manifest, ref.id) for ref in manifest.segments]
-        except CorruptSegment as exc:
-            self._refuse(exc)
-            return
+        segments = [self._segment(manifest, ref.id) for ref in manifest.segments]
         self._segments = {segment.ref.id: segment for segment in segments}
         self._snapshot = IndexSnapshot(manifest, segments)
         self.store.release_segments(self.name, set(self._segments))
