@@ -57,15 +57,7 @@ def template() -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def sam_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_dir = tmp_path_factory.mktemp("sam") / "build"
-    done = _run(
-        SAM_BIN / "sam",
-        "build",
-        "--language-extensions",
-        "--template-file",
-        TEMPLATE,
-        "--build-dir",
-        build_dir,
-    )
+    done = _run(SAM_BIN / "sam", "build", "--template-file", TEMPLATE, "--build-dir", build_dir)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return build_dir
 
