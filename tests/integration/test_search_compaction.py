@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from aiinfra.api.auth import LOCAL_TENANT
 from aiinfra.vectors.jobs import CompactionJob
 from aiinfra.vectors.limits import IndexLimits
@@ -23,19 +22,11 @@ from aiinfra.vectors.store import IndexPath, IndexStore
 from aiinfra.vectors.writer import IndexWriter
 
 from tests.conftest import REPO_ROOT
-from tests.support.search import SearchClient, new_bucket, wait_for_compaction
+from tests.support.search import SearchClient, wait_for_compaction
 from tests.support.search_writer import open_test_store
 
 DIM = 32
 INDEX = IndexPath(LOCAL_TENANT, "docs")
-
-
-@pytest.fixture(params=["file", "s3"])
-def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return str(tmp_path / "indexes")
-    endpoint: str = request.getfixturevalue("moto_endpoint")
-    return f"s3://{new_bucket(endpoint)}/jobs@{endpoint}"
 
 
 def _items(n: int, start: int = 0, seed: int = 0) -> list[dict[str, Any]]:

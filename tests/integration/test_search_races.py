@@ -7,27 +7,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
-import pytest
 from aiinfra.api.search import create_search_app
 from aiinfra.vectors.store import IndexStore
 from fastapi.testclient import TestClient
 
 from tests.conftest import REPO_ROOT
-from tests.support.search import new_bucket
 from tests.support.search_writer import RACE_LIMITS, open_test_store
 
 PER_WRITER = 25
-
-
-@pytest.fixture(params=["file", "s3"])
-def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "file":
-        return str(tmp_path / "indexes")
-    endpoint: str = request.getfixturevalue("moto_endpoint")
-    return f"s3://{new_bucket(endpoint)}/race@{endpoint}"
 
 
 def _instance(store: IndexStore) -> TestClient:

@@ -39,6 +39,16 @@ def new_bucket(endpoint: str) -> str:
     return bucket
 
 
+@pytest.fixture(params=["file", "s3"])
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's indexes live, once in a folder and once in a fresh bucket on moto_server, as
+    `tests.support.search_writer.open_test_store` (and its subprocesses) read it."""
+    if request.param == "file":
+        return str(tmp_path / "indexes")
+    endpoint: str = request.getfixturevalue("moto_endpoint")
+    return f"s3://{new_bucket(endpoint)}/indexes@{endpoint}"
+
+
 @pytest.fixture
 def file_store(tmp_path: Path) -> FileStore:
     return FileStore(tmp_path / "indexes")
