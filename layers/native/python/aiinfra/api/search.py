@@ -301,8 +301,7 @@ def router(
     def locate(request: Request, name: str) -> IndexPath:
         return IndexPath(principal(request, auth).require_tenant(), name)
 
-    def items_matrix(index: IndexPath, items: list[Item]) -> np.ndarray:
-        dimension = writer.manifest(index.shard(0))[0].dimension
+    def items_matrix(dimension: int, items: list[Item]) -> np.ndarray:
         rows = np.zeros((len(items), dimension), dtype=np.float32)
         vector_rows = [i for i, item in enumerate(items) if item.vector is not None]
         text_rows = [i for i, item in enumerate(items) if item.text is not None]
@@ -358,8 +357,9 @@ def router(
         index = locate(request, name)
         ids = [item.id for item in body.items]
         with _index_faults(name):
-            vectors = items_matrix(index, body.items)
-            manifests = writer.upsert(index, ids, vectors, [item.metadata for item in body.items])
+            first, _ = writer.manifest(index.shard(0))
+            vectors = items_matrix(first.dimension, body.items)
+            manifests = writer.upsert(index, ids, vectors, [item.metadata for item in body.items], first)
         metrics().add_metric(name="UpsertedItems", unit=MetricUnit.Count, value=len(ids))
         return json_response(_written(len(ids), manifests))
 

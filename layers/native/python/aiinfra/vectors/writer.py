@@ -146,11 +146,16 @@ class IndexWriter:
             self.registry.reader(path).forget()
 
     def upsert(
-        self, index: IndexPath, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]
+        self,
+        index: IndexPath,
+        ids: list[str],
+        vectors: np.ndarray,
+        metadata: list[dict[str, Any]],
+        first: IndexManifest | None = None,
     ) -> list[IndexManifest]:
         """Adds or replaces items (a repeated id in one call: the last one wins); answers the
-        manifests of the shards written."""
-        first, _ = self.manifest(index.shard(0))
+        manifests of the shards written. `first`: shard 0's manifest, when the caller just read it."""
+        first = first or self.manifest(index.shard(0))[0]
         if vectors.shape[1] != first.dimension:
             raise InvalidIndexInput(
                 f"vectors have dimension {vectors.shape[1]}, index {index.name!r} has {first.dimension}"
@@ -171,7 +176,7 @@ class IndexWriter:
                 [metadata[keep[p]] for p in mine],
                 kind="delta",
             )
-            return self._add_delta(index, shard, build, added_rows=len(mine))
+            return self._add_delta(index, shard, build, len(mine), first)
 
         return _in_parallel(write, sorted(by_shard))
 
@@ -184,16 +189,22 @@ class IndexWriter:
 
         def write(shard: int) -> IndexManifest:
             build = _segment_writer(first, [], empty, [], kind="delta", tombstones=by_shard[shard])
-            return self._add_delta(index, shard, build, added_rows=0)
+            return self._add_delta(index, shard, build, 0, first)
 
         return _in_parallel(write, sorted(by_shard))
 
     def _add_delta(
-        self, index: IndexPath, shard: int, build: Callable[[Path, str], SegmentRef], added_rows: int
+        self,
+        index: IndexPath,
+        shard: int,
+        build: Callable[[Path, str], SegmentRef],
+        added_rows: int,
+        first: IndexManifest,
     ) -> IndexManifest:
-        """A delta into one shard within its bounds; past `compact_after_*` its compaction is queued."""
+        """A delta into one shard within its bounds (checked on `first` for shard 0, read a moment
+        ago); past `compact_after_*` its compaction is queued."""
         path = index.shard(shard)
-        current, _ = self.manifest(path)
+        current = first if shard == 0 else self.manifest(path)[0]
         stored = sum(ref.rows for ref in current.segments)
         if stored + added_rows > self.limits.max_rows:
             raise IndexQuotaExceeded(
