@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(CURDIR)/$(VENV)/bin/python
 NATIVE := layers/native
 MODEL_DIR := $(CURDIR)/build/model
-RUST_SOURCES := $(wildcard $(NATIVE)/src/*.rs) $(NATIVE)/Cargo.toml $(NATIVE)/pyproject.toml
+RUST_SOURCES := $(shell find $(NATIVE)/src -name '*.rs') $(NATIVE)/Cargo.toml $(NATIVE)/pyproject.toml
 SYSTEM_TOOLS := redis-server
 
 export MODEL_DIR
