@@ -334,9 +334,9 @@ class MemoryStore:
         with `answer_replaced`, whether each was created (else an empty list).
 
         MULTI/EXEC, not Lua: Redis runs native SETs several times faster than the same SETs from a
-        script (docs/memory.md). A fault before EXEC discards the queue; EXEC applies every command or none. The codec
-        seals the values straight into the request's bytes and makes the memories natively; over
-        plain TCP the native codec also does the round trip, in the same call."""
+        script (docs/memory.md). A fault before EXEC discards the queue; EXEC applies every command
+        or none. The codec seals the values straight into the request's bytes and makes the memories
+        natively; over plain TCP the native codec also does the round trip, in the same call."""
         prefix, index, codec = memory_prefix(agent_id), index_key(agent_id), self.codec
         now = time.time_ns() // 1_000_000
         if isinstance(codec, EnvelopeCodec) and not self.redis.address.tls:
