@@ -19,6 +19,7 @@ from aiinfra.api.adapter import lambda_handler
 from aiinfra.api.search import create_search_app
 from aiinfra.config import AuthSettings
 from aiinfra.vectors.fanout import ShardRequest
+from aiinfra.vectors.manifest import shard_of
 from aiinfra.vectors.query import ShardQuery
 from aiinfra.vectors.store import FileStore
 
@@ -226,3 +227,21 @@ def test_a_shard_that_never_answers_is_missing_once_the_deadline_passes(
     assert status == 200 and answer["partial"] is True and answer["missing_shards"] == [2]
     assert DEADLINE_SECONDS * 0.9 <= elapsed < DEADLINE_SECONDS + 3
     assert len(answer["matches"]) == 10
+
+
+def test_get_adds_up_the_shard_functions_counts_and_loads_no_shard_in_the_search_function(
+    local: Call, shard_functions: list[LambdaEmulator], monkeypatch: pytest.MonkeyPatch, store_dir: Path
+) -> None:
+    remote = _remote(monkeypatch, store_dir, _endpoints(shard_functions))
+    status, expected = local("acme", "GET", "/indexes/docs")
+    assert status == 200 and expected["count"] == ROWS and expected["partial"] is False
+    status, got = remote("acme", "GET", "/indexes/docs")
+    assert status == 200 and got == expected
+    # Each shard function answered its shard's count: one invocation each past the warm-up.
+    assert all(len(emulator.reports()) == 2 for emulator in shard_functions)
+    assert remote("globex", "GET", "/indexes/docs")[0] == 404
+    shard_functions[2].stop()
+    status, partial = remote("acme", "GET", "/indexes/docs")
+    assert status == 200 and partial["partial"] is True and partial["missing_shards"] == [2]
+    held_by_two = sum(1 for item in _items() if shard_of(item["id"], SHARDS) == 2)
+    assert partial["count"] == ROWS - held_by_two and partial["shards"] == SHARDS

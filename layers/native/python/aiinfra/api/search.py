@@ -50,7 +50,7 @@ from aiinfra.vectors.filter import FilterError, compile_filter
 from aiinfra.vectors.jobs import LambdaCompactions
 from aiinfra.vectors.limits import IndexLimits
 from aiinfra.vectors.manifest import INDEX_NAME_PATTERN, MAX_SHARDS, IndexManifest, Metric
-from aiinfra.vectors.query import Answer, Found, LocalShards, ShardQuery, compaction_state, describe
+from aiinfra.vectors.query import Answer, Found, LocalShards, ShardQuery, compaction_state
 from aiinfra.vectors.reader import IndexRegistry
 from aiinfra.vectors.store import IndexPath, IndexStore, open_store
 from aiinfra.vectors.writer import IndexWriter, normalise
@@ -123,9 +123,11 @@ class IndexInfo(ResponseBody):
     factory: str
     shards: int
     version: int = Field(description="the sum of the shards' versions: it grows with every change")
-    count: int
+    count: int = Field(description="live items, over the shards that answered")
     segments: int = Field(description="over all shards")
     compaction: CompactionBody
+    partial: bool = Field(description="true when a shard function did not answer: see `missing_shards`")
+    missing_shards: list[int] | None = None
 
 
 class CompactionAccepted(ResponseBody):
@@ -335,13 +337,13 @@ def router(
         index = locate(request, name)
         with _index_faults(name):
             _, created = writer.create(index, body.dimension, body.metric, body.factory, body.shards)
-            return json_response(describe(registry, index), 201 if created else 200)
+            return json_response(shards.describe(index), 201 if created else 200)
 
     @routes.get("/indexes/{name}", response_class=Response, responses={200: documented(IndexInfo), **errors})
     def describe_index(request: Request, name: IndexName) -> Response:
         index = locate(request, name)
         with _index_faults(name):
-            return json_response(describe(registry, index))
+            return json_response(shards.describe(index))
 
     @routes.delete("/indexes/{name}", status_code=204, response_class=Response, responses=errors)
     def drop_index(request: Request, name: IndexName) -> Response:

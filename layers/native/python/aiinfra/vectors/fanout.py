@@ -33,10 +33,11 @@ from aiinfra.observability import logger
 from aiinfra.vectors.errors import IndexNotFound, IndexUnavailable, InvalidIndexInput
 from aiinfra.vectors.filter import Instruction
 from aiinfra.vectors.manifest import CorruptManifest, IndexManifest
-from aiinfra.vectors.query import Answer, Found, ShardQuery, merge
+from aiinfra.vectors.query import Answer, Found, ShardQuery, description, merge
 from aiinfra.vectors.store import IndexPath, IndexStore
 
 SHARD_EVENT = "shard-query"
+COUNT_EVENT = "shard-count"  # {"aiinfra", "tenant", "name", "shard"}: answered {"version", "count"}
 RIE_FUNCTION = "function"  # the one function an aws-lambda-rie endpoint serves
 
 
@@ -247,6 +248,35 @@ class RemoteShards:
         self._firsts[path] = (now, manifest)
         return manifest
 
+    def describe(self, index: IndexPath) -> dict[str, Any]:
+        """The index as GET answers it: the shards' manifests read from the store here, their live
+        counts from the shard functions (which load them; this function loads none). A shard
+        function that does not answer in time leaves its count out and is in `missing_shards`."""
+        first = self.first(index)
+        paths = [index.shard(shard) for shard in range(first.shards)]
+        read = list(self._pool.map(self.store.read_manifest, paths))  # fresh: GET shows jobs as they stand
+        if read[0] is None:
+            raise IndexNotFound(index.name)
+        manifests = [IndexManifest.from_json(found[0]) for found in read if found is not None]
+        events = [
+            {"aiinfra": COUNT_EVENT, "tenant": index.tenant, "name": index.name, "shard": s}
+            for s in range(first.shards)
+        ]
+        futures = {self._pool.submit(self._count, event): shard for shard, event in enumerate(events)}
+        wait(futures, timeout=self.deadline_seconds)
+        counts: list[int] = []
+        missing: list[int] = []
+        for future, shard in futures.items():
+            problem = self._problem(future)
+            if problem is None:
+                counts.append(future.result())
+            else:
+                logger().warning(
+                    "shard missing from a description", extra={"shard": shard, "problem": str(problem)}
+                )
+                missing.append(shard)
+        return description(index, manifests, counts, sorted(missing))
+
     def search(self, index: IndexPath, first: IndexManifest, query: ShardQuery) -> Answer:
         """Every shard's best `k`, merged; shards that failed or missed the deadline in `missing`.
         IndexNotFound when shard 0 says the index is gone (dropped since `first` was read)."""
@@ -276,7 +306,7 @@ class RemoteShards:
         return Answer(merge(per_shard, query.k, similarity, len(query.queries)), version, sorted(missing))
 
     @staticmethod
-    def _problem(future: Future[tuple[int, list[list[Found]]]]) -> BaseException | None:
+    def _problem(future: Future[Any]) -> BaseException | None:
         if not future.done():
             future.cancel()
             return TimeoutError("no answer within the deadline")
@@ -286,14 +316,25 @@ class RemoteShards:
         return self.slots[shard % len(self.slots)]
 
     def _invoke(self, request: ShardRequest) -> tuple[int, list[list[Found]]]:
+        return _matches(self._call(request.shard, request.to_event()), len(request.query.queries))
+
+    def _count(self, event: dict[str, Any]) -> int:
+        answer = self._call(event["shard"], event)
+        if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+            raise ShardFailed(str(answer["error"].get("type")), str(answer["error"].get("message")))
+        count = answer.get("count") if isinstance(answer, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ShardFailed("invalid", "the shard's count is not a count")
+        return count
+
+    def _call(self, shard: int, event: dict[str, Any]) -> Any:
+        """The decoded answer of the shard function serving `shard` to `event`."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            client, function = self._client(self.slot(request.shard))
+            client, function = self._client(self.slot(shard))
             answer = client.invoke(
-                FunctionName=function,
-                InvocationType="RequestResponse",
-                Payload=orjson.dumps(request.to_event()),
+                FunctionName=function, InvocationType="RequestResponse", Payload=orjson.dumps(event)
             )
             body = answer["Payload"].read()
         except (BotoCoreError, ClientError) as error:
@@ -301,10 +342,9 @@ class RemoteShards:
         if answer.get("FunctionError"):
             raise ShardFailed("unavailable", f"the shard function failed: {body[:200]!r}")
         try:
-            decoded = orjson.loads(body)
+            return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise ShardFailed("invalid", "the shard answered something other than JSON") from None
-        return _matches(decoded, len(request.query.queries))
 
     def _client(self, slot: str) -> tuple[Any, str]:
         """The Lambda client for a slot and the function name to invoke on it."""

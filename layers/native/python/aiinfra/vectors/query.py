@@ -1,12 +1,12 @@
 """An index across its shards: a query searches every shard and merges their top k exactly as one
 index would rank them; a shard that cannot answer is named in `missing`, never a failure of the
-whole query. `describe` adds the shards' counts up and says how their compaction jobs stand.
+whole query. `description` adds the shards' counts up and says how their compaction jobs stand.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -81,6 +81,14 @@ class LocalShards:
         """Shard 0's manifest as served (IndexNotFound when the index does not exist)."""
         return self.registry.snapshot(index.shard(0)).manifest
 
+    def describe(self, index: IndexPath) -> dict[str, Any]:
+        """The index over all its shards, each loaded here if it was not."""
+        snapshots = [self.registry.snapshot(index.shard(0))]
+        first = snapshots[0].manifest
+        snapshots += [self.registry.snapshot(index.shard(shard)) for shard in range(1, first.shards)]
+        manifests = [snapshot.manifest for snapshot in snapshots]
+        return description(index, manifests, [snapshot.count for snapshot in snapshots], [])
+
     def search(self, index: IndexPath, first: IndexManifest, query: ShardQuery) -> Answer:
         per_shard: list[list[list[Found]]] = []
         version, missing = 0, []
@@ -132,22 +140,24 @@ def _outcome(outcome: CompactionOutcome) -> dict[str, Any]:
     return body
 
 
-def describe(
-    registry: IndexRegistry, index: IndexPath, now: Callable[[], float] = time.time
+def description(
+    index: IndexPath, manifests: Sequence[IndexManifest], counts: Sequence[int], missing: list[int]
 ) -> dict[str, Any]:
-    """The index as GET answers it, over all its shards (each loaded if it was not)."""
-    snapshots = [registry.snapshot(index.shard(0))]
-    first = snapshots[0].manifest
-    snapshots += [registry.snapshot(index.shard(shard)) for shard in range(1, first.shards)]
-    manifests = [snapshot.manifest for snapshot in snapshots]
-    return {
+    """The index as GET answers it, from its shards' manifests and the live counts of those that
+    answered (`missing`: those that did not; the count is then theirs only)."""
+    first = manifests[0]
+    body: dict[str, Any] = {
         "name": index.name,
         "dimension": first.dimension,
         "metric": first.metric,
         "factory": first.factory,
         "shards": first.shards,
         "version": sum(manifest.version for manifest in manifests),
-        "count": sum(snapshot.count for snapshot in snapshots),
+        "count": sum(counts),
         "segments": sum(len(manifest.segments) for manifest in manifests),
-        "compaction": compaction_state(manifests, now()),
+        "compaction": compaction_state(manifests, time.time()),
+        "partial": bool(missing),
     }
+    if missing:
+        body["missing_shards"] = missing
+    return body

@@ -15,17 +15,35 @@ from aiinfra import snapstart
 from aiinfra.config import search_settings
 from aiinfra.observability import logger
 from aiinfra.vectors.errors import IndexNotFound, IndexUnavailable, detail_of
-from aiinfra.vectors.fanout import ShardRequest, shard_answer, shard_error
+from aiinfra.vectors.fanout import COUNT_EVENT, ShardRequest, shard_answer, shard_error
 from aiinfra.vectors.query import search_snapshot
 from aiinfra.vectors.reader import IndexRegistry
-from aiinfra.vectors.store import open_store
+from aiinfra.vectors.store import IndexPath, open_store
 
 # What one Invoke answer may carry (RequestResponse payloads are at most 6 MB).
 MAX_SHARD_ANSWER_BYTES = 6 * 1024 * 1024
 
 
+def answer_shard_count(registry: IndexRegistry, event: dict[str, Any]) -> dict[str, Any]:
+    """The shard's version and live count (what a description of its index adds up), or an error."""
+    tenant, name, shard = event.get("tenant"), event.get("name"), event.get("shard")
+    if not (isinstance(tenant, str) and tenant and isinstance(name, str) and name):
+        return shard_error("invalid", "a shard count names its tenant and index")
+    if not isinstance(shard, int) or isinstance(shard, bool) or shard < 0:
+        return shard_error("invalid", "shard must be a non-negative integer")
+    try:
+        snapshot = registry.snapshot(IndexPath(tenant, name).shard(shard))
+    except IndexNotFound:
+        return shard_error("not_found", f"index {name!r} has no shard {shard}")
+    except IndexUnavailable as error:
+        return shard_error("unavailable", str(error))
+    return {"version": snapshot.manifest.version, "count": snapshot.count}
+
+
 def answer_shard_query(registry: IndexRegistry, event: Any) -> dict[str, Any]:
     """The shard's best `k` per query of `event`, or an error body."""
+    if isinstance(event, dict) and event.get("aiinfra") == COUNT_EVENT:
+        return answer_shard_count(registry, event)
     try:
         request = ShardRequest.from_event(event)
     except ValueError as error:
