@@ -618,14 +618,13 @@ def main() -> None:
             put_gap(plane, work),
             "",
             "Both data-plane paths of ours use the same lean RESP client (a stdlib socket whose round trip "
-            "is one native call; no redis-py: its import alone is ~100 ms of cold start); they differ in the"
-            " envelope codec, and the native codec's writes seal, send and check their MULTI/EXEC in that "
+            "is one native call; no redis-py, whose import would lengthen every cold start); they differ in "
+            "the envelope codec, and the native codec's writes seal, send and check their MULTI/EXEC in that "
             "same call (`put_on_socket`). A put is one MULTI/EXEC (SET .. PXAT .. GET, then the index "
             "update: ZADD, PEXPIRE); a put with If-Match would be one EVALSHA instead. Batches go to an "
             "agent that holds just the batch's memories. A batch of more than one adds a long member to the "
             "agent's index first and removes it in the same transaction, so Redis keeps a small index as a "
-            "skiplist, not a listpack, where each name a ZADD adds is a linear search (measured: ZADD of 100"
-            " names into 100, 115 us as a listpack, 11 us as a skiplist).",
+            "skiplist, not a listpack, where each name a ZADD adds is a linear search (docs/memory.md).",
             "",
         ]
     )
