@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiinfra.vectors.reader import IndexRegistry
-from aiinfra.vectors.store import IndexPath, ManifestConflict, S3Store
+from aiinfra.vectors.store import IndexPath, ManifestConflict, S3Store, tenant_folder
 from aiinfra.vectors.writer import IndexWriter
 from botocore.exceptions import ClientError
 
@@ -50,8 +50,8 @@ def test_store_swaps_the_manifest_only_from_the_version_it_read(s3_store: S3Stor
         s3_store.write_manifest(shard, b"lost", tag)
     assert (s3_store.read_manifest(shard) or (b"",))[0] == b"v2"
     s3_store.write_manifest(IndexPath("tenant", "no-shard-0").shard(1), b"v1", None)
-    assert s3_store.list_indexes(IndexPath("tenant", "").tenant_folder) == ["idx"]
-    assert s3_store.list_indexes(IndexPath("another", "").tenant_folder) == []
+    assert s3_store.list_indexes(tenant_folder("tenant")) == ["idx"]
+    assert s3_store.list_indexes(tenant_folder("another")) == []
 
 
 def test_search_api_on_s3(search_client: SearchClient, s3_store: S3Store) -> None:

@@ -52,7 +52,7 @@ from aiinfra.vectors.limits import IndexLimits
 from aiinfra.vectors.manifest import INDEX_NAME_PATTERN, MAX_SHARDS, IndexManifest, Metric
 from aiinfra.vectors.query import Answer, Found, LocalShards, ShardQuery, compaction_state
 from aiinfra.vectors.reader import IndexRegistry
-from aiinfra.vectors.store import IndexPath, IndexStore, open_store
+from aiinfra.vectors.store import IndexPath, IndexStore, open_store, tenant_folder
 from aiinfra.vectors.writer import IndexWriter, normalise
 
 MAX_DIMENSION = 4096
@@ -319,7 +319,7 @@ def router(
     def list_indexes(request: Request) -> Response:
         tenant = principal(request, auth).require_tenant()
         with _index_faults(""):
-            names = writer.store.list_indexes(IndexPath(tenant, "").tenant_folder)
+            names = writer.store.list_indexes(tenant_folder(tenant))
         return json_response({"indexes": names})
 
     @routes.put(

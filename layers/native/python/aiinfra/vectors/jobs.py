@@ -84,12 +84,6 @@ class BackgroundCompactions:
                 self._run(job)
             except Exception as error:  # the job records its own outcome; this keeps the worker alive
                 logger().error("compaction job crashed", extra={"index": job.name, "problem": str(error)})
-            finally:
-                self._jobs.task_done()
-
-    def wait(self) -> None:
-        """Returns once every job handed over so far has run (tests, benchmarks)."""
-        self._jobs.join()
 
 
 class LambdaCompactions:

@@ -234,8 +234,7 @@ class IndexWriter:
         """Queues a compaction of each shard (all of them when None) that has no job holding its
         lease, and dispatches it; a shard whose job is queued or running keeps that one. Answers the
         shards' manifests, which say each job's state."""
-        first, _ = self.manifest(index.shard(0))
-        wanted = range(first.shards) if shards is None else shards
+        wanted = range(self.manifest(index.shard(0))[0].shards) if shards is None else shards
 
         def queue(shard: int) -> IndexManifest:
             path, token = index.shard(shard), uuid.uuid4().hex
