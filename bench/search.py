@@ -68,20 +68,24 @@ def gcide_definitions() -> list[str]:
 
 def real_vectors() -> np.ndarray:
     """Every distinct gloss and definition embedded by our embedder (cached)."""
-    path = CACHE / "search-real-vectors.npy"
+    texts = sorted(set(wordnet_glosses()) | set(gcide_definitions()))
+    return embedded(texts, CACHE / "search-real-vectors.npy")
+
+
+def embedded(texts: list[str], path: Path) -> np.ndarray:
+    """`texts` embedded by our embedder (the deployment's default model), cached at `path`."""
     if path.is_file():
         return np.load(path)
     from aiinfra.config import embed_settings
     from aiinfra.embedding.catalog import ModelCatalog
 
-    texts = sorted(set(wordnet_glosses()) | set(gcide_definitions()))
     embedder = ModelCatalog.from_settings(embed_settings()).get()
     parts = []
     for start in range(0, len(texts), 512):
         parts.append(embedder.embed(texts[start : start + 512]).vectors)
         print(f"embedded {min(start + 512, len(texts))}/{len(texts)}", file=sys.stderr, flush=True)
     vectors = np.vstack(parts).astype(np.float32)
-    CACHE.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, vectors)
     return vectors
 

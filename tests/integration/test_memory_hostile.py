@@ -244,7 +244,11 @@ def test_a_put_whose_exec_has_the_wrong_shape_is_503(
         items = [{"key": "a", "value": 1}, {"key": "b", "value": 2}]
         response = client.post("/agents/agent-1/batch-put", json={"items": items})
     assert response.status_code == 503, response.text
-    assert peer.closed_by_client == 1  # our side closed the connection it could not trust
+    # Our side closed the connection it could not trust; the peer's thread sees it a moment later.
+    deadline = time.monotonic() + 5
+    while peer.closed_by_client == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert peer.closed_by_client == 1
 
 
 @pytest.mark.parametrize(

@@ -106,6 +106,8 @@ ROUTES = [
     ("GET", "/memories", None),
     ("POST", "/batch-put", {"items": [{"key": "k", "value": 1}]}),
     ("POST", "/batch-get", {"keys": ["k"]}),
+    ("PUT", "/memories/k", {"value": 1, "text": "a text to embed"}),
+    ("POST", "/recall", {"query": "what was said"}),
 ]
 
 

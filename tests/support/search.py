@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from aiinfra.api.auth import LOCAL_TENANT
-from aiinfra.api.search import TextEncoder, create_search_app
+from aiinfra.api.encoder import TextEncoder
+from aiinfra.api.search import create_search_app
 from aiinfra.config import AuthSettings
 from aiinfra.vectors.limits import IndexLimits
 from aiinfra.vectors.store import FileStore, IndexPath, IndexStore, S3Store

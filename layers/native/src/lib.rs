@@ -5,6 +5,7 @@ mod batch;
 mod envelope;
 mod filter;
 mod hnsw;
+mod recall;
 mod resp;
 
 #[pymodule]

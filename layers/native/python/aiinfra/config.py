@@ -124,6 +124,10 @@ class MemorySettings:
     # Per-agent quotas, checked in the write's own script; 0: none.
     max_memories_per_agent: int = 0
     max_bytes_per_agent: int = 0
+    # How many memories with a text one agent may hold (recall scores them all); 0: no bound.
+    max_recall_per_agent: int = 0
+    # Load the recall model in the SnapStart warm-up (else on the first request with a text).
+    recall_warm: bool = False
 
 
 REDIS_URL_FORM = (
@@ -213,6 +217,8 @@ def memory_settings() -> MemorySettings:
         stack_name=_env("AIINFRA_STACK", "aiinfra") or "aiinfra",
         max_memories_per_agent=env_int("MEMORY_MAX_PER_AGENT", 100_000),
         max_bytes_per_agent=env_int("MEMORY_MAX_BYTES_PER_AGENT", 256 * 1024 * 1024),
+        max_recall_per_agent=env_int("MEMORY_MAX_RECALL_PER_AGENT", 10_000),
+        recall_warm=env_choice("MEMORY_RECALL_WARM", "false", ("true", "false")) == "true",
     )
 
 

@@ -1,4 +1,4 @@
-"""Agent memory routes: `/agents/{agent_id}/memories[/{key}]`, `batch-put`, `batch-get`.
+"""Agent memory routes: `/agents/{agent_id}/memories[/{key}]`, `batch-put`, `batch-get`, `recall`.
 
 Authorization comes first (403 before any Redis call); every answer about one memory carries
 its `version` (also the `ETag`) and `expires_at`.
@@ -15,12 +15,13 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Path, Query, Request
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from starlette.responses import Response
 
 from aiinfra import snapstart
 from aiinfra.api.app import MAX_ANSWER_BYTES, create_app, json_response
 from aiinfra.api.auth import principal
+from aiinfra.api.encoder import TextEncoder, lazy_text_encoder
 from aiinfra.api.errors import (
     AnswerTooLarge,
     Forbidden,
@@ -36,6 +37,7 @@ from aiinfra.api.errors import (
 )
 from aiinfra.api.openapi import ResponseBody, documented
 from aiinfra.config import (
+    EMBED_MODEL_IDS,
     MEMORY_MAX_TTL_SECONDS,
     AuthSettings,
     ConfigError,
@@ -46,12 +48,15 @@ from aiinfra.config import (
 from aiinfra.memory import store as data
 from aiinfra.memory.envelope import IntegrityError
 from aiinfra.memory.keyring import KeyringError, KeyringMissing
+from aiinfra.memory.recall import MAX_TEXT_CHARS, MemoryRecall, Recalled, RecallItem
 from aiinfra.memory.resp import RedisError, RedisUnavailable
 from aiinfra.memory.schema import NAME_PATTERN
 from aiinfra.observability import MetricUnit, logger, metrics
 
 MAX_BATCH = 1000
 MAX_LIST = 1000
+MAX_RECALL = 100
+RECALL_MODEL = EMBED_MODEL_IDS[1]  # int8: recall embeds on the memory function's small CPU share
 _ETAG = re.compile(r'^(?:"([0-9a-f]{16})"|([0-9a-f]{16}))$')
 
 AgentId = Annotated[str, Path(pattern=NAME_PATTERN, description="`[A-Za-z0-9._-]{1,128}`")]
@@ -67,6 +72,15 @@ def _whole_number(value: Any) -> Any:
 
 
 Seconds = Annotated[int, BeforeValidator(_whole_number), Field(gt=0, le=MEMORY_MAX_TTL_SECONDS)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must hold more than whitespace")
+    return value
+
+
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS), AfterValidator(_not_blank)]
 
 
 def _header(name: str, pattern: str, description: str) -> dict[str, Any]:
@@ -90,6 +104,10 @@ class PutMemory(BaseModel):
     # Any, not JsonValue: the body is parsed JSON already, and JsonValue would walk it once more.
     value: Any = Field(description="any JSON")
     ttl: Seconds | None = Field(default=None, description="seconds; default MEMORY_DEFAULT_TTL")
+    text: Text | None = Field(
+        default=None,
+        description="up to 8,192 characters, embedded and sealed with the value: what `recall` matches",
+    )
 
 
 class BatchItem(PutMemory):
@@ -104,6 +122,14 @@ class BatchPut(BaseModel):
 class BatchGet(BaseModel):
     model_config = ConfigDict(extra="forbid")
     keys: list[Name] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class RecallQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: Text
+    k: int = Field(default=5, ge=1, le=MAX_RECALL, strict=True)
+    min_score: float | None = Field(default=None, ge=-1.0, le=1.0, description="cosine, -1 to 1")
+    include_values: bool = Field(default=True, strict=True)
 
 
 class Written(ResponseBody):
@@ -127,6 +153,16 @@ class MemoryOne(MemoryOut):
 class KeyPage(ResponseBody):
     keys: list[str]
     cursor: str | None = Field(description="pass as `cursor` for the next page; null at the end")
+
+
+class RecallMatch(Written):
+    score: float = Field(description="cosine similarity of the query and the memory's text")
+    text: str
+    value: JsonValue = Field(default=None, description="absent when `include_values` is false")
+
+
+class RecallAnswer(ResponseBody):
+    matches: list[RecallMatch] = Field(description="best first")
 
 
 class BatchWritten(ResponseBody):
@@ -158,6 +194,13 @@ def _written(memory: data.Memory) -> dict[str, Any]:
 def _read(memory: data.Memory) -> dict[str, Any]:
     # The plaintext is JSON we wrote and the envelope authenticated: splice it, never re-parse it.
     return {**_written(memory), "value": orjson.Fragment(memory.value_json)}
+
+
+def _recalled(found: Recalled, include_values: bool) -> dict[str, Any]:
+    match = {**_written(found.memory), "score": round(found.score, 6), "text": found.text}
+    if include_values:
+        match["value"] = orjson.Fragment(found.memory.value_json)
+    return match
 
 
 def _etag(version: int) -> dict[str, str]:
@@ -248,9 +291,12 @@ def _load_keyring_at_init(store: data.MemoryStore) -> None:
         logger().warning("memory keyring deferred to the first request", extra={"reason": str(error)})
 
 
-def router(store: data.MemoryStore, settings: MemorySettings, auth: AuthSettings) -> APIRouter:
-    """The memory routes over `store`."""
+def router(
+    store: data.MemoryStore, settings: MemorySettings, auth: AuthSettings, encode: TextEncoder
+) -> APIRouter:
+    """The memory routes over `store`; texts embedded by `encode`."""
     routes = APIRouter(tags=["memory"])
+    recall = MemoryRecall(store, settings.max_recall_per_agent)
     # Routes are async on purpose: a Redis round trip is shorter than the worker-thread hand-off a
     # sync route costs per Lambda invocation (Mangum runs a fresh event loop each time).
     one = error_responses(
@@ -272,8 +318,14 @@ def router(store: data.MemoryStore, settings: MemorySettings, auth: AuthSettings
         allow(request, agent_id)
         condition = _condition(request.headers.get("if-match"), request.headers.get("if-none-match"))
         value = _value_json(body.value, settings.max_value_bytes, "value")
-        with _store_faults(agent_id):
-            memory, created = store.put(agent_id, key, value, body.ttl or settings.default_ttl, condition)
+        ttl = body.ttl or settings.default_ttl
+        if body.text is None:
+            with _store_faults(agent_id):
+                memory, created = store.put(agent_id, key, value, ttl, condition)
+        else:
+            item = RecallItem(key, value, ttl, body.text, encode([body.text])[0])
+            with _store_faults(agent_id):
+                [memory], created = recall.write(agent_id, [item], condition)
         answer = {"agent_id": agent_id, **_written(memory)}
         return json_response(answer, 201 if created else 200, _etag(memory.version))
 
@@ -333,9 +385,34 @@ def router(store: data.MemoryStore, settings: MemorySettings, auth: AuthSettings
             )
             for i, item in enumerate(body.items)
         ]
+        texts = [item.text for item in body.items if item.text is not None]
+        if not texts:
+            with _store_faults(agent_id):
+                memories = store.batch_put(agent_id, items)
+            return json_response({"items": [_written(memory) for memory in memories]})
+        vectors = iter(encode(texts))
+        with_text = [
+            RecallItem(key, value, ttl, item.text, None if item.text is None else next(vectors))
+            for (key, value, ttl), item in zip(items, body.items, strict=True)
+        ]
         with _store_faults(agent_id):
-            memories = store.batch_put(agent_id, items)
+            memories, _ = recall.write(agent_id, with_text)
         return json_response({"items": [_written(memory) for memory in memories]})
+
+    @routes.post(
+        "/agents/{agent_id}/recall",
+        response_class=Response,
+        responses={200: documented(RecallAnswer), **one, **error_responses(TooManyRequests)},
+    )
+    async def recall_memories(request: Request, agent_id: AgentId, body: RecallQuery) -> Response:
+        """The agent's live memories whose text is closest in meaning to `query`, best first."""
+        allow(request, agent_id)
+        query = encode([body.query])[0]
+        with _store_faults(agent_id):
+            found = recall.recall(
+                agent_id, query, body.k, body.min_score, body.include_values, MAX_ANSWER_BYTES
+            )
+        return json_response({"matches": [_recalled(match, body.include_values) for match in found]})
 
     @routes.post(
         "/agents/{agent_id}/batch-get", response_class=Response, responses={200: documented(BatchRead), **one}
@@ -356,10 +433,15 @@ def create_memory_app(
     store: data.MemoryStore | None = None,
     settings: MemorySettings | None = None,
     auth: AuthSettings | None = None,
+    encode: TextEncoder | None = None,
 ) -> FastAPI:
     """The memory function's app over `store` (from the settings, themselves from the environment,
-    when None): its keyring is loaded now, during the init."""
+    when None): its keyring is loaded now, during the init; the recall model on the first text, or
+    in the SnapStart warm-up with MEMORY_RECALL_WARM."""
     settings = settings or memory_settings()
+    encode = encode or lazy_text_encoder(RECALL_MODEL)
+    if settings.recall_warm:
+        snapstart.before_snapshot(functools.partial(encode, ["SnapStart warm-up"]))
     if store is None:
         store = data.memory_store(settings)
         _load_keyring_at_init(store)
@@ -368,4 +450,4 @@ def create_memory_app(
     snapstart.after_restore(store.redis.close)
     # A snapshot may be restored long after it was taken: its keyring may be rotated or retired since.
     snapstart.after_restore(store.reload_keyring)
-    return create_app("aiinfra memory", [router(store, settings, auth or auth_settings())])
+    return create_app("aiinfra memory", [router(store, settings, auth or auth_settings(), encode)])

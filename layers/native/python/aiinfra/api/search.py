@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from starlette.responses import Response
 from aiinfra import snapstart
 from aiinfra.api.app import MAX_ANSWER_BYTES, create_app, json_response
 from aiinfra.api.auth import principal
+from aiinfra.api.encoder import TEXT_DIMENSION, TextEncoder, lazy_text_encoder
 from aiinfra.api.errors import (
     AnswerTooLarge,
     Conflict,
@@ -34,8 +35,7 @@ from aiinfra.api.errors import (
     error_responses,
 )
 from aiinfra.api.openapi import ResponseBody, documented
-from aiinfra.config import AuthSettings, ConfigError, auth_settings, embed_settings, search_settings
-from aiinfra.embedding.catalog import ModelCatalog, ModelFetchFailed
+from aiinfra.config import AuthSettings, auth_settings, search_settings
 from aiinfra.observability import MetricUnit, logger, metrics
 from aiinfra.vectors.errors import (
     IndexBusy,
@@ -59,9 +59,6 @@ MAX_DIMENSION = 4096
 MAX_ITEMS = 1000
 MAX_QUERIES = 256
 MAX_TEXT_CHARS = 10_000
-TEXT_DIMENSION = 384
-
-TextEncoder = Callable[[list[str]], np.ndarray]
 
 IndexName = Annotated[
     str,
@@ -199,28 +196,6 @@ class QueryResponse(ResponseBody):
     version: int
     partial: bool = Field(description="true when a shard did not answer: see `missing_shards`")
     missing_shards: list[int] | None = None
-
-
-def lazy_text_encoder() -> TextEncoder:
-    """Embeds with the layer's model, loaded on the first text only (vector-only use never pays for it)."""
-    catalogs: list[ModelCatalog] = []  # the catalog loads its model once, under its own lock
-
-    def encode(texts: list[str]) -> np.ndarray:
-        if not catalogs:
-            try:
-                catalogs.append(ModelCatalog.from_settings(embed_settings()))
-            except ConfigError as exc:
-                # The setting's value (a path) stays in the log.
-                logger().warning("text embedding not configured", extra={"reason": str(exc)})
-                raise Unavailable("text embedding is not available here", retry_after_seconds=60) from exc
-        try:
-            model = catalogs[0].get()
-        except ModelFetchFailed as exc:
-            raise Unavailable(str(exc), retry_after_seconds=5) from exc
-        vectors: np.ndarray = model.embed(texts).vectors
-        return vectors
-
-    return encode
 
 
 def _matrix(rows: list[list[float]], dimension: int, what: str) -> np.ndarray:

@@ -413,19 +413,26 @@ class RedisClient:
         keys: Sequence[Arg],
         args: Sequence[Arg],
         expect: Callable[[Any], bool] | None = None,
+        max_bytes: int = UNLIMITED,
     ) -> Any:
-        """Runs `script` on `keys` and `args`; an error reply raises RedisError, a reply that is not
-        `expect`ed RedisUnavailable."""
-        return self.run_encoded(script, script.request(keys, args), keys[0] if keys else None, expect)
+        """Runs `script` on `keys` and `args`; an error reply raises RedisError, an answer longer than
+        `max_bytes` ReplyTooLarge, a reply that is not `expect`ed RedisUnavailable."""
+        key = keys[0] if keys else None
+        return self.run_encoded(script, script.request(keys, args), key, expect, max_bytes)
 
     def run_encoded(
-        self, script: Script, request: bytes, key: Arg | None, expect: Callable[[Any], bool] | None = None
+        self,
+        script: Script,
+        request: bytes,
+        key: Arg | None,
+        expect: Callable[[Any], bool] | None = None,
+        max_bytes: int = UNLIMITED,
     ) -> Any:
         """`run` for `request`, an EVALSHA of `script` already encoded."""
         checked = None if expect is None else single(expect)
-        reply = self.send(request, 1, key, expect=checked)[0]
+        reply = self.send(request, 1, key, max_bytes, checked)[0]
         if isinstance(reply, RedisError) and str(reply).startswith("NOSCRIPT"):
-            reply = self.send(script.as_eval(request), 1, key, expect=checked)[0]
+            reply = self.send(script.as_eval(request), 1, key, max_bytes, checked)[0]
         if isinstance(reply, RedisError):
             raise reply
         return reply

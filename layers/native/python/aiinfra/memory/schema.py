@@ -33,3 +33,13 @@ def index_key(agent_id: str) -> bytes:
 def usage_key(agent_id: str) -> bytes:
     """A hash of what the agent's memories count against its quotas (see memory.store)."""
     return f"use:{{{agent_id}}}".encode()
+
+
+def recall_vectors_key(agent_id: str) -> bytes:
+    """A hash of the agent's recall vectors by memory key, each sealed under `rcl:{<agent_id>}:<key>`."""
+    return f"rcl:{{{agent_id}}}".encode()
+
+
+def recall_texts_key(agent_id: str) -> bytes:
+    """A hash of the agent's recall texts by memory key, each sealed under `txt:{<agent_id>}:<key>`."""
+    return f"txt:{{{agent_id}}}".encode()

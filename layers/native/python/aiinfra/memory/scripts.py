@@ -121,6 +121,8 @@ return #KEYS - 2
 """
 )
 
+# A delete: KEYS = key, index, recall vectors, recall texts (and usage, with quotas). -1 when there is
+# no memory, 0 when If-Match names another version, else 1.
 DELETE = Script(
     USAGE
     + """
@@ -129,7 +131,9 @@ if not cur then return -1 end
 if ARGV[1] == 'match' and string.sub(cur, 2, 9) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
-if KEYS[3] then forget(KEYS[3], ARGV[3]) end
+redis.call('HDEL', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[3])
+if KEYS[5] then forget(KEYS[5], ARGV[3]) end
 return 1
 """
 )
@@ -180,5 +184,112 @@ for i = 1, #KEYS do
   end
 end
 return swapped
+"""
+)
+
+# Recall entries (see memory.recall) whose memory is gone or holds another version than theirs:
+# deleted, expired, or replaced by a write without a text. `GETRANGE 1 8` reads a stored memory's
+# version without copying its value ('' when there is none).
+RECALL = """
+local function stale(vectors, name, base)
+  local sealed = redis.call('HGET', vectors, name)
+  return sealed and string.sub(sealed, 2, 9) ~= redis.call('GETRANGE', base .. name, 1, 8)
+end
+local function drop(vectors, texts, name)
+  redis.call('HDEL', vectors, name)
+  redis.call('HDEL', texts, name)
+end
+"""
+
+# A write of memories with recall texts (a put with one, or a batch put where any item has one):
+# KEYS = index, recall vectors, recall texts, each memory's key, then usage with quotas. ARGV =
+# the first memory's precondition (mode, version; 'any' for a batch), max count, max bytes, index
+# TTL, memory prefix, reclaim budget, max recall texts, then per memory: sealed value, PXAT, name,
+# sealed vector, sealed text (both '' for one without a text: its old ones are dropped). 0 when the
+# precondition does not hold, -1 / -2 over the count / bytes quota, -3 over the recall texts, and
+# then nothing is written; else 2 when the first memory was created, 1 when it was replaced.
+RECALL_PUT = Script(
+    USAGE
+    + RECALL
+    + """
+local HEAD, EACH = 8, 5
+local n = (#ARGV - HEAD) / EACH
+local usage = KEYS[4 + n]
+local cur = redis.call('GET', KEYS[4])
+local mode = ARGV[1]
+if (mode == 'absent' and cur) or (mode == 'exists' and not cur)
+   or (mode == 'match' and (not cur or string.sub(cur, 2, 9) ~= ARGV[2])) then
+  return 0
+end
+local names, sizes, members = {}, {}, {0, LONG}
+for i = 1, n do
+  local at = HEAD + EACH * (i - 1)
+  names[i] = ARGV[at + 3]
+  sizes[i] = #ARGV[at + 1] + #ARGV[at + 4] + #ARGV[at + 5]
+  members[#members + 1] = 0
+  members[#members + 1] = names[i]
+end
+local function added()
+  local count = 0
+  for i = 1, n do
+    local at = HEAD + EACH * (i - 1)
+    if ARGV[at + 4] ~= '' and redis.call('HEXISTS', KEYS[2], names[i]) == 0 then count = count + 1 end
+  end
+  return count
+end
+local max_r = tonumber(ARGV[8])
+if max_r > 0 and redis.call('HLEN', KEYS[2]) + added() > max_r then
+  local held = redis.call('HKEYS', KEYS[2])
+  for _, name in ipairs(held) do
+    if stale(KEYS[2], name, ARGV[6]) then drop(KEYS[2], KEYS[3], name) end
+  end
+  if redis.call('HLEN', KEYS[2]) + added() > max_r then return -3 end
+end
+if usage then
+  local max_n, max_b, budget = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[7])
+  local over = count(KEYS[1], usage, ARGV[6], names, sizes, max_n, max_b, budget, ARGV[5])
+  if over ~= 0 then return over end
+end
+for i = 1, n do
+  local at = HEAD + EACH * (i - 1)
+  redis.call('SET', KEYS[3 + i], ARGV[at + 1], 'PXAT', ARGV[at + 2])
+  if ARGV[at + 4] == '' then
+    drop(KEYS[2], KEYS[3], names[i])
+  else
+    redis.call('HSET', KEYS[2], names[i], ARGV[at + 4])
+    redis.call('HSET', KEYS[3], names[i], ARGV[at + 5])
+  end
+end
+redis.call('ZADD', KEYS[1], unpack(members))
+redis.call('ZREM', KEYS[1], LONG)
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+if cur then return 1 end
+return 2
+"""
+)
+
+# A recall's best candidates: KEYS = recall vectors, recall texts, then each candidate's memory key;
+# ARGV = '1' to answer values, then each candidate's name and version (8 bytes). Per candidate:
+# its sealed value ('' without values) and sealed text, or false, false where its memory no longer
+# holds that version; stale entries are dropped on the way.
+RECALL_FETCH = Script(
+    RECALL
+    + """
+local out = {}
+for i = 3, #KEYS do
+  local name, version = ARGV[2 * i - 4], ARGV[2 * i - 3]
+  local base = string.sub(KEYS[i], 1, #KEYS[i] - #name)
+  if redis.call('GETRANGE', KEYS[i], 1, 8) == version then
+    local value = ''
+    if ARGV[1] == '1' then value = redis.call('GET', KEYS[i]) end
+    out[#out + 1] = value
+    out[#out + 1] = redis.call('HGET', KEYS[2], name)
+  else
+    if stale(KEYS[1], name, base) then drop(KEYS[1], KEYS[2], name) end
+    out[#out + 1] = false
+    out[#out + 1] = false
+  end
+end
+return out
 """
 )

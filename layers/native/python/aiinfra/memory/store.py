@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from aiinfra._native import EnvelopeCodec, Memory
 from aiinfra.config import MemorySettings
+from aiinfra.memory import schema
 from aiinfra.memory.envelope import MAX_OVERHEAD, IntegrityError, key_id_of, version_bytes
 from aiinfra.memory.keyring import KeyringError, load_keyring
 from aiinfra.memory.keyspace import holds_memories
@@ -65,6 +66,9 @@ class Codec(Protocol):
         answer_replaced: bool = False,
     ) -> tuple[bytes, int, list[Memory]]: ...
     def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]: ...
+    def recall_best(
+        self, prefix: bytes, entries: list[bytes], query: bytes, limit: int, min_score: float | None = None
+    ) -> tuple[list[tuple[str, float, int, int]], int]: ...
 
 
 class PreconditionFailed(Exception):
@@ -229,7 +233,7 @@ class MemoryStore:
         """Loads the keyring again on its next use (after a rotation, a SnapStart restore)."""
         self._reload_due = 0.0
 
-    def _open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]:
+    def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]:
         """`codec.open_many`; after a failure to open, once more with the keyring reloaded: another
         instance may seal with a key rotated in after our keyring loaded. At most every few
         seconds, so forged values cannot make us hammer KMS; else the failure stands."""
@@ -251,7 +255,7 @@ class MemoryStore:
             return memory, created
         index, redis_key = index_key(agent_id), memory_key(agent_id, key)
         expires = time.time_ns() // 1_000_000 + ttl * 1000
-        quotas, usage = self.quotas, self._usage_keys(agent_id)
+        quotas, usage = self.quotas, self.usage_keys(agent_id)
         # One native call seals the value straight into the EVALSHA's bytes.
         request, version = self.codec.seal_command(
             ["EVALSHA", PUT.sha, 2 + len(usage), redis_key, index, *usage],
@@ -272,15 +276,16 @@ class MemoryStore:
 
     def get(self, agent_id: str, key: str) -> Memory:
         prefix = memory_prefix(agent_id)
-        [memory] = self._open_many(prefix, [key], [self._call("GET", prefix + key.encode(), expect=is_bulk)])
+        [memory] = self.open_many(prefix, [key], [self.call("GET", prefix + key.encode(), expect=is_bulk)])
         if memory is None:
             raise MemoryNotFound(key)
         return memory
 
     def delete(self, agent_id: str, key: str, condition: Condition = UNCONDITIONAL) -> None:
         args: list[Arg] = [condition.mode, version_bytes(condition.version), key]
-        keys = [memory_key(agent_id, key), index_key(agent_id), *self._usage_keys(agent_id)]
-        outcome = self._run(DELETE, keys, args, _is_delete_outcome)
+        recall = [schema.recall_vectors_key(agent_id), schema.recall_texts_key(agent_id)]
+        keys = [memory_key(agent_id, key), index_key(agent_id), *recall, *self.usage_keys(agent_id)]
+        outcome = self.run_script(DELETE, keys, args, _is_delete_outcome)
         if outcome == -1:
             raise MemoryNotFound(key)
         if outcome == 0:
@@ -291,11 +296,11 @@ class MemoryStore:
         call examines at most EXAMINE_BUDGET names: past many expired ones the page may be short
         (even empty) with a cursor to go on from."""
         args: list[Arg] = [prefix, cursor, limit, memory_prefix(agent_id), max(EXAMINE_BUDGET, limit + 1)]
-        keys = [index_key(agent_id), *self._usage_keys(agent_id)]
-        next_cursor, *names = self._run(LIST, keys, args, _is_page)
+        keys = [index_key(agent_id), *self.usage_keys(agent_id)]
+        next_cursor, *names = self.run_script(LIST, keys, args, _is_page)
         return [name.decode() for name in names], next_cursor.decode() or None
 
-    def _usage_keys(self, agent_id: str) -> list[bytes]:
+    def usage_keys(self, agent_id: str) -> list[bytes]:
         """The usage hash, for a script to keep it right; none without quotas: nothing keeps it
         then, and a key a script need not touch cannot make a migrating slot refuse it."""
         return [usage_key(agent_id)] if self.quotas.any else []
@@ -322,7 +327,7 @@ class MemoryStore:
         for memory, blob in zip(written, sealed, strict=True):
             args += [blob, memory.expires_at_ms, memory.key]
         keys = [index_key(agent_id), usage_key(agent_id), *(prefix + m.key.encode() for m in written)]
-        outcome = self._run(BATCH_PUT, keys, args, _is_batch_outcome)
+        outcome = self.run_script(BATCH_PUT, keys, args, _is_batch_outcome)
         if outcome < 0:
             raise quotas.exceeded(outcome)
         return written
@@ -372,7 +377,7 @@ class MemoryStore:
             blobs = self._blobs(redis_keys, max_bytes)
         except ReplyTooLarge:
             raise ValuesTooLarge(f"the memories asked for hold more than {max_value_bytes} bytes") from None
-        return self._open_many(prefix, keys, blobs)
+        return self.open_many(prefix, keys, blobs)
 
     def _blobs(self, redis_keys: list[bytes], max_bytes: int = UNLIMITED) -> list[bytes | None]:
         """What is stored under `redis_keys` (None where nothing is), in one MGET of at most
@@ -383,7 +388,7 @@ class MemoryStore:
         def expect(reply: Any) -> bool:
             return is_bulk_list(reply) and len(reply) == len(redis_keys)
 
-        blobs: list[bytes | None] = self._call("MGET", *redis_keys, max_bytes=max_bytes, expect=expect)
+        blobs: list[bytes | None] = self.call("MGET", *redis_keys, max_bytes=max_bytes, expect=expect)
         return blobs
 
     def rewrap(self, agent_id: str, page: int = 500) -> int:
@@ -400,7 +405,7 @@ class MemoryStore:
                 if blob is not None and key_id_of(blob) != current
             ]
             if stale:
-                opened = self._open_many(prefix, [key for key, _, _ in stale], [blob for _, _, blob in stale])
+                opened = self.open_many(prefix, [key for key, _, _ in stale], [blob for _, _, blob in stale])
                 resealed = self.codec.seal_many(
                     [
                         (redis_key, memory.version, memory.expires_at_ms, memory.value_json)
@@ -411,7 +416,7 @@ class MemoryStore:
                 args: list[Arg] = [
                     part for (_, _, old), new in zip(stale, resealed, strict=True) for part in (old, new)
                 ]
-                moved += self._run(SWAP, [redis_key for _, redis_key, _ in stale], args, _is_count)
+                moved += self.run_script(SWAP, [redis_key for _, redis_key, _ in stale], args, _is_count)
             if next_cursor is None:
                 return moved
             cursor = next_cursor
@@ -431,20 +436,33 @@ class MemoryStore:
             cause = next((reply for reply in replies if isinstance(reply, RedisError)), executed)
         raise _refused(cause)
 
-    def _call(self, *args: Arg, max_bytes: int = UNLIMITED, expect: Callable[[Any], bool]) -> Any:
+    def call(self, *args: Arg, max_bytes: int = UNLIMITED, expect: Callable[[Any], bool]) -> Any:
         try:
             return self.redis.call(*args, max_bytes=max_bytes, expect=expect)
         except RedisError as error:
             raise RedisUnavailable(f"redis refused {args[0]!r}: {str(error).split(' ')[0]}") from None
 
-    def _run(
-        self, script: Script, keys: Sequence[bytes], args: Sequence[Arg], expect: Callable[[Any], bool]
+    def run_script(
+        self,
+        script: Script,
+        keys: Sequence[bytes],
+        args: Sequence[Arg],
+        expect: Callable[[Any], bool],
+        max_bytes: int = UNLIMITED,
     ) -> Any:
-        return self._run_encoded(script, script.request(keys, args), keys[0], expect)
+        """`script` on `keys` and `args` in one round trip; a refusal is RedisUnavailable."""
+        return self._run_encoded(script, script.request(keys, args), keys[0], expect, max_bytes)
 
-    def _run_encoded(self, script: Script, request: bytes, key: bytes, expect: Callable[[Any], bool]) -> Any:
+    def _run_encoded(
+        self,
+        script: Script,
+        request: bytes,
+        key: bytes,
+        expect: Callable[[Any], bool],
+        max_bytes: int = UNLIMITED,
+    ) -> Any:
         try:
-            return self.redis.run_encoded(script, request, key, expect)
+            return self.redis.run_encoded(script, request, key, expect, max_bytes)
         except RedisError as error:
             raise RedisUnavailable(f"redis refused a script: {str(error).split(' ')[0]}") from None
 
