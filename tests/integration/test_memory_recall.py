@@ -297,3 +297,13 @@ def test_a_model_that_fails_to_load_is_503_naming_it_and_other_routes_work(
     assert client.put(f"{url}/k", json={"value": 1}).status_code == 201
     assert client.get(f"{url}/k").json()["value"] == 1
     assert client.get(url).json()["keys"] == ["k"]
+
+
+def test_a_batch_of_more_texts_than_one_request_embeds_is_400(client: TestClient, agent: str) -> None:
+    items = [{"key": f"k{i}", "value": i, "text": f"note {i}"} for i in range(101)]
+    response = client.post(f"/agents/{agent}/batch-put", json={"items": items})
+    assert response.status_code == 400 and "at most 100 texts" in response.json()["error"]["message"]
+    assert client.get(f"/agents/{agent}/memories").json()["keys"] == []
+    items[100].pop("text")  # 100 texts and one value without: taken
+    assert client.post(f"/agents/{agent}/batch-put", json={"items": items}).status_code == 200
+    assert len(_recall(client, agent, query="note 42", k=100)) == 100

@@ -17,12 +17,12 @@ SERVED_AT = "http://127.0.0.1:8000"
 
 
 def test_the_readme_has_an_example_for_each_api() -> None:
-    assert len(EXAMPLES) == 3
-    for route in ("/v1", "/indexes/", "/agents/"):
+    assert len(EXAMPLES) == 4
+    for route in ("/v1", "/indexes/", "/agents/", "/recall"):
         assert any(route in example for example in EXAMPLES), route
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=["embed", "search", "memory"])
+@pytest.mark.parametrize("example", EXAMPLES, ids=["embed", "search", "memory", "recall"])
 def test_a_readme_example_runs_against_the_served_app(example: str, local_api_url: str) -> None:
     assert SERVED_AT in example
     done = subprocess.run(

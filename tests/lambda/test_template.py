@@ -150,8 +150,8 @@ def test_the_http_api_routes_every_route_each_function_serves(
                 ), f"{logical_id}: {method} {route.path} has no HttpApi event"
 
 
-# What each API's routes only read: GETs, and the POSTs that ask (a query, a batch get).
-_READS = re.compile(r"^(GET .*|POST .*/(query|batch-get))$")
+# What each API's routes only read: GETs, and the POSTs that ask (a query, a batch get, a recall).
+_READS = re.compile(r"^(GET .*|POST .*/(query|batch-get|recall))$")
 _API_OF = {"EmbedFunction": "embed", "SearchFunction": "search", "MemoryFunction": "memory"}
 
 
@@ -172,4 +172,4 @@ def test_every_route_requires_a_read_or_write_scope_of_its_api(template: dict[st
             wanted = api if api == "embed" else f"{api}.{'read' if _READS.match(route) else 'write'}"
             assert scopes == [f"${{ScopePrefix}}/{wanted}"], f"{name} ({route}): {scopes}"
             checked += 1
-    assert checked == 16
+    assert checked == 17

@@ -56,6 +56,8 @@ from aiinfra.observability import MetricUnit, logger, metrics
 MAX_BATCH = 1000
 MAX_LIST = 1000
 MAX_RECALL = 100
+# Texts one batch put may carry: each is embedded within the request, on the function's CPU share.
+MAX_BATCH_TEXTS = 100
 RECALL_MODEL = EMBED_MODEL_IDS[1]  # int8: recall embeds on the memory function's small CPU share
 _ETAG = re.compile(r'^(?:"([0-9a-f]{16})"|([0-9a-f]{16}))$')
 
@@ -386,6 +388,11 @@ def router(
             for i, item in enumerate(body.items)
         ]
         texts = [item.text for item in body.items if item.text is not None]
+        if len(texts) > MAX_BATCH_TEXTS:
+            raise InvalidRequest(
+                f"a batch carries at most {MAX_BATCH_TEXTS} texts, this one {len(texts)}: split it",
+                param="items",
+            )
         if not texts:
             with _store_faults(agent_id):
                 memories = store.batch_put(agent_id, items)
