@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import redis
 from aiinfra._native import key_slot
 from aiinfra.memory.resp import RedisUnavailable
-from aiinfra.memory.schema import index_key, memory_key
+from aiinfra.memory.recall import MemoryRecall, RecallItem
+from aiinfra.memory.schema import index_key, memory_key, recall_texts_key, recall_vectors_key
 from aiinfra.memory.store import Condition, Memory, memory_store
 
 from tests.support.memory import memory_settings_for
@@ -53,6 +55,13 @@ def test_every_operation_reaches_the_node_that_owns_the_agent(
         assert owner.exists(memory_key(agent, "plan"), memory_key(agent, "b49"), index_key(agent)) == 3
         assert store.get(agent, "first").value_json == b"2"
         assert owner.exists(memory_key(agent, "b0")) == 0
+        # Recall's write and its two reads (the vectors, then the candidates) go to the same node.
+        recall = MemoryRecall(store, 10)
+        axes = np.eye(4, dtype=np.float32)
+        recall.write(agent, [RecallItem(f"r{i}", b"%d" % i, 600, f"text {i}", axes[i]) for i in range(4)])
+        [found] = recall.recall(agent, axes[2], 1)
+        assert (found.memory.key, found.text, found.memory.value_json) == ("r2", "text 2", b"2")
+        assert owner.exists(recall_vectors_key(agent), recall_texts_key(agent)) == 2
 
 
 def test_a_slot_in_migration_is_followed_by_asking_and_never_split(
