@@ -167,6 +167,25 @@ def test_another_tenants_index_is_404_and_a_shard_answers_only_the_tenant_it_is_
     assert status == 200 and answer["error"]["type"] == "not_found"
 
 
+def test_an_index_dropped_and_created_again_is_searched_as_it_now_is(
+    local: Call, shard_functions: list[LambdaEmulator], monkeypatch: pytest.MonkeyPatch, store_dir: Path
+) -> None:
+    remote = _remote(monkeypatch, store_dir, _endpoints(shard_functions))
+    body = {"vector": _query_vectors(1)[0], "k": 5}
+    assert remote("acme", "POST", "/indexes/docs/query", body)[0] == 200  # holds the 3-shard definition
+    assert local("acme", "DELETE", "/indexes/docs")[0] == 204
+    assert local("acme", "PUT", "/indexes/docs", {"dimension": DIM, "shards": 1})[0] == 201
+    assert local("acme", "POST", "/indexes/docs/upsert", {"items": _items()[:50]})[0] == 200
+    expected = local("acme", "POST", "/indexes/docs/query", body)[1]
+    # Within the search function's refresh window: shard 0 says it holds another incarnation.
+    status, got = remote("acme", "POST", "/indexes/docs/query", body)
+    assert status == 200, got
+    assert got["partial"] is False
+    assert [m["id"] for m in got["matches"]] == [m["id"] for m in expected["matches"]]
+    status, described = remote("acme", "GET", "/indexes/docs")
+    assert status == 200 and (described["shards"], described["count"]) == (1, 50)
+
+
 def test_a_stopped_shard_function_makes_the_answer_partial_within_the_deadline(
     local: Call, shard_functions: list[LambdaEmulator], monkeypatch: pytest.MonkeyPatch, store_dir: Path
 ) -> None:

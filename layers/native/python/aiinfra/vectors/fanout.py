@@ -11,9 +11,11 @@ aws-lambda-rie does.
 The event (`ShardRequest.to_event`) and its answer are plain JSON: queries travel as base64 of
 little-endian float32 rows, already normalised for the metric; the filter as its compiled program.
 An answer is `{"version", "matches": [[{"id", "score", "metadata"?}, ...] per query]}` or
-`{"error": {"type": "not_found" | "unavailable" | "invalid" | "too_large", "message"}}`; `too_large`
-(the matches exceed what one Invoke answer carries) is the caller's 400, the others make the shard
-missing (shard 0 `not_found`: the index is gone, 404).
+`{"error": {"type": "not_found" | "unavailable" | "invalid" | "too_large" | "stale", "message"}}`;
+`too_large` (the matches exceed what one Invoke answer carries) is the caller's 400; `stale` (the
+index was dropped and created again since the caller read its definition: the event names the
+incarnation it meant) makes the caller read the definition again and ask once more; the others make
+the shard missing (shard 0 `not_found`: the index is gone, 404).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class ShardRequest:
     name: str
     shard: int
     query: ShardQuery
+    incarnation: str = ""  # of the definition the caller holds; "" for any
 
     @property
     def path(self) -> str:
@@ -83,6 +86,7 @@ class ShardRequest:
             "nprobe": self.query.nprobe,
             "ef_search": self.query.ef_search,
             "include_metadata": self.query.include_metadata,
+            "incarnation": self.incarnation,
         }
 
     @classmethod
@@ -113,7 +117,10 @@ class ShardRequest:
             _optional_count(event, "ef_search"),
             event.get("include_metadata") is True,
         )
-        return cls(tenant, name, shard, query)
+        incarnation = event.get("incarnation", "")
+        if not isinstance(incarnation, str):
+            raise ValueError("incarnation must be a string")
+        return cls(tenant, name, shard, query, incarnation)
 
 
 def _count(event: dict[str, Any], field: str) -> int:
@@ -168,6 +175,10 @@ def shard_answer(version: int, matches: list[list[Found]], include_metadata: boo
 
 def shard_error(kind: str, message: str) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message}}
+
+
+class _Recreated(Exception):
+    """A shard holds another incarnation of the index than the definition the query was sent with."""
 
 
 class ShardFailed(Exception):
@@ -252,9 +263,10 @@ class RemoteShards:
         """The index as GET answers it: the shards' manifests read from the store here, their live
         counts from the shard functions (which load them; this function loads none). A shard
         function that does not answer in time leaves its count out and is in `missing_shards`."""
+        self._firsts.pop(index.shard(0), None)  # fresh: GET shows the index as it stands
         first = self.first(index)
         paths = [index.shard(shard) for shard in range(first.shards)]
-        read = list(self._pool.map(self.store.read_manifest, paths))  # fresh: GET shows jobs as they stand
+        read = list(self._pool.map(self.store.read_manifest, paths))
         if read[0] is None:
             raise IndexNotFound(index.name)
         manifests = [IndexManifest.from_json(found[0]) for found in read if found is not None]
@@ -279,8 +291,30 @@ class RemoteShards:
 
     def search(self, index: IndexPath, first: IndexManifest, query: ShardQuery) -> Answer:
         """Every shard's best `k`, merged; shards that failed or missed the deadline in `missing`.
-        IndexNotFound when shard 0 says the index is gone (dropped since `first` was read)."""
-        requests = [ShardRequest(index.tenant, index.name, shard, query) for shard in range(first.shards)]
+        IndexNotFound when shard 0 says the index is gone (dropped since `first` was read). When a
+        shard holds another incarnation (dropped and created again since), asks once more with the
+        definition read again if it takes the same queries; else IndexUnavailable (retry)."""
+        try:
+            return self._search(index, first, query)
+        except _Recreated:
+            self._firsts.pop(index.shard(0), None)
+            fresh = self.first(index)
+            if (fresh.dimension, fresh.metric) != (first.dimension, first.metric):
+                raise IndexUnavailable(
+                    "the index was created again meanwhile, retry", detail=f"{index.name}: new definition"
+                ) from None
+            try:
+                return self._search(index, fresh, query)
+            except _Recreated:
+                raise IndexUnavailable(
+                    "the index is being created again, retry shortly", detail=f"{index.name}: still stale"
+                ) from None
+
+    def _search(self, index: IndexPath, first: IndexManifest, query: ShardQuery) -> Answer:
+        requests = [
+            ShardRequest(index.tenant, index.name, shard, query, first.incarnation)
+            for shard in range(first.shards)
+        ]
         futures = {self._pool.submit(self._invoke, request): request.shard for request in requests}
         wait(futures, timeout=self.deadline_seconds)
         per_shard: list[list[list[Found]]] = []
@@ -294,6 +328,8 @@ class RemoteShards:
                 continue
             if isinstance(problem, ShardFailed) and problem.kind == "too_large":
                 raise InvalidIndexInput(str(problem), param="k")
+            if isinstance(problem, ShardFailed) and problem.kind == "stale":
+                raise _Recreated
             if shard == 0 and isinstance(problem, ShardFailed) and problem.kind == "not_found":
                 self._firsts.pop(index.shard(0), None)
                 raise IndexNotFound(index.name)

@@ -56,6 +56,11 @@ def answer_shard_query(registry: IndexRegistry, event: Any) -> dict[str, Any]:
     except IndexUnavailable as error:
         logger().warning("shard unavailable", extra={"index": request.path, "problem": detail_of(error)})
         return shard_error("unavailable", str(error))
+    if request.incarnation and snapshot.manifest.incarnation != request.incarnation:
+        registry.reader(request.path).expire()  # ours may be the older one: read it again
+        snapshot = registry.snapshot(request.path)
+        if snapshot.manifest.incarnation != request.incarnation:
+            return shard_error("stale", f"index {request.name!r} was dropped and created again")
     dimension = snapshot.manifest.dimension
     if request.query.queries.shape[1] != dimension:
         return shard_error(
