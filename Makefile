@@ -10,7 +10,7 @@ SYSTEM_TOOLS := redis-server
 
 export MODEL_DIR
 
-.PHONY: serve test check build layer bench bench-env bench-corpus bench-embed bench-search bench-memory lint native model system-tools clean
+.PHONY: serve test check build layer bench bench-env bench-corpus bench-embed bench-search bench-memory bench-recall lint native model system-tools clean
 .PHONY: lambda-tools sam-tools invoke bench-coldstart
 
 # --- environment ------------------------------------------------------------------
@@ -72,7 +72,7 @@ lint: native $(VENV)/.client
 	$(VENV)/bin/mypy --strict clients/python/src/aiinfra_client
 	cd $(NATIVE) && cargo fmt --check && cargo clippy --release --quiet -- -D warnings
 
-bench: bench-embed bench-search bench-memory charts
+bench: bench-embed bench-search bench-memory bench-recall charts
 
 # PNG charts of the committed tables (docs/benchmarks/*.md); matplotlib lives in .venv for this target only.
 .PHONY: charts
@@ -108,6 +108,11 @@ bench-search: build bench-corpus
 # Starts its own redis-server on a free port; redis-benchmark comes with redis-tools.
 bench-memory: native system-tools
 	$(VENV)/bin/python bench/memory.py
+
+# Recall through the memory handler against redis-py + numpy baselines on its own redis-server; the
+# quality half compares with sentence-transformers' vectors from .venv-bench.
+bench-recall: build bench-corpus bench-env system-tools
+	$(VENV)/bin/python bench/recall.py
 
 # Today's compaction against write_base, each build in a fresh process; indexes cached in build/bench.
 .PHONY: bench-compaction
