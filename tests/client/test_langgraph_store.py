@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aiinfra_client import Client, NotFound
+from aiinfra_client import Client, InvalidRequest, NotFound
 from aiinfra_client.langgraph import AiinfraStore
-from langgraph.store.base import GetOp, InvalidNamespaceError, PutOp
+from langgraph.store.base import GetOp, InvalidNamespaceError, PutOp, SearchItem
 
 from tests.client.conftest import NO_RETRY
 
@@ -35,7 +36,7 @@ def test_put_get_delete_and_the_memory_it_maps_to(store: AiinfraStore, api: Clie
     memory = api.memories.get(agent, "prefs.ui.theme")
     assert memory.value["value"] == {"colour": "teal", "size": 3}
 
-    store.put((agent,), "top", {"n": 1}, index=["n"])  # accepted: nothing the API does not know is sent
+    store.put((agent,), "top", {"n": 1}, index=["n"])
     assert api.memories.get(agent, "top").value["value"] == {"n": 1}
     store.delete((agent, "prefs", "ui"), "theme")
     assert store.get((agent, "prefs", "ui"), "theme") is None
@@ -73,8 +74,7 @@ def test_search_lists_under_the_prefix_and_filters(store: AiinfraStore, api: Cli
     assert [
         item.value["i"] for item in store.search((agent,), filter={"i": {"$ne": 99}}, limit=2, offset=1)
     ] == [2, 4]
-    with pytest.raises(NotImplementedError, match="recall"):
-        store.search((agent,), query="what does the user like?")
+    assert [item.key for item in store.search((agent, "notes", "home"), query="")] == ["n0", "n2", "n4"]
 
 
 def test_list_namespaces_within_an_agent(store: AiinfraStore, agent: str) -> None:
@@ -134,10 +134,125 @@ async def test_async_methods(api_url: str, agent: str) -> None:
         found = await store.asearch((agent, "docs"), filter={"stars": {"$gt": 2}})
         assert [hit.key for hit in found] == ["d1"]
         assert await store.alist_namespaces(prefix=(agent,)) == [(agent, "docs")]
+        recalled = await store.asearch((agent,), query="the best rated document")
+        assert {hit.key for hit in recalled} == {"d1", "d2"} and all(
+            hit.score is not None for hit in recalled
+        )
         await store.adelete((agent, "docs"), "d1")
         assert await store.aget((agent, "docs"), "d1") is None
-        with pytest.raises(NotImplementedError):
-            await store.asearch((agent,), query="anything")
+        assert [hit.key for hit in await store.asearch((agent,), query="the best rated document")] == ["d2"]
     finally:
         store.close()
         await store.aclose()
+
+
+NOTES = {
+    "allergy": {"text": "The user is allergic to peanuts.", "kind": "health", "stars": 5},
+    "home": {"text": "The user lives in Lisbon, near the river.", "kind": "place", "stars": 2},
+    "pet": {"text": "The user has a grey cat called Miso.", "kind": "home", "stars": 4},
+    "job": {"text": "The user works night shifts as a nurse.", "kind": "work", "stars": 3},
+}
+
+
+def test_search_with_a_query_recalls_best_first(store: AiinfraStore, agent: str) -> None:
+    for key, value in NOTES.items():
+        store.put((agent, "facts"), key, value)
+    found = store.search((agent,), query="which foods must the user avoid?")
+    assert isinstance(found[0], SearchItem) and (found[0].namespace, found[0].key) == (
+        (agent, "facts"),
+        "allergy",
+    )
+    assert found[0].value == NOTES["allergy"] and found[0].created_at == found[0].updated_at
+    assert len(found) == 4 and all(item.score is not None for item in found)
+    scores = [item.score for item in found if item.score is not None]
+    assert scores == sorted(scores, reverse=True) and -1 <= scores[-1] <= scores[0] <= 1
+
+    assert [item.key for item in store.search((agent, "facts"), query="a pet animal", limit=1)] == ["pet"]
+    second = store.search((agent,), query="a pet animal", limit=2)[1]
+    assert store.search((agent,), query="a pet animal", limit=1, offset=1) == [second]
+    healthy = store.search((agent,), query="a pet animal", filter={"stars": {"$gte": 4}})
+    assert [item.key for item in healthy] == ["pet", "allergy"]
+    assert store.search((agent, "elsewhere"), query="a pet animal") == []
+
+
+def test_a_query_stays_within_the_namespace_prefix(store: AiinfraStore, api: Client, agent: str) -> None:
+    # Closer to the query than anything under "work": the first recall's best are all outside it.
+    for i in range(5):
+        store.put((agent, "home"), f"cat{i}", {"text": f"My cat number {i} sleeps on the sofa."})
+    store.put((agent, "work"), "shift", {"text": "I work night shifts at the hospital."})
+    api.memories.put(agent, "raw", {"not": "an item"}, text="A cat sleeping on a sofa.")  # not the store's
+    found = store.search((agent, "work"), query="a cat asleep on the sofa", limit=1)
+    assert [(item.namespace, item.key) for item in found] == [((agent, "work"), "shift")]
+    at_home = store.search((agent, "home"), query="a cat asleep on the sofa", limit=10)
+    assert sorted(item.key for item in at_home) == [f"cat{i}" for i in range(5)]
+    everywhere = store.search((agent,), query="a cat asleep on the sofa", limit=10)
+    assert len(everywhere) == 6 and everywhere[-1].key == "shift"
+
+
+def test_index_chooses_the_text(store: AiinfraStore, api: Client, agent: str) -> None:
+    value = {"title": "Quarterly tax return due", "body": "Take the dog to the vet.", "tags": ["a", "b"]}
+    store.put((agent,), "default", value)  # the store's default: the whole value as JSON
+    store.put((agent,), "title", value, index=["title"])
+    store.put((agent,), "both", value, index=["title", "body", "missing"])
+    store.put((agent,), "none", value, index=False)
+    store.put((agent,), "nothing-there", value, index=["missing"])
+    texts = {m.key: m.text for m in api.memories.recall(agent, "paying taxes", k=10)}
+    assert texts == {
+        "default": json.dumps(value, sort_keys=True, ensure_ascii=False),  # LangGraph's "$"
+        "title": "Quarterly tax return due",
+        "both": "Quarterly tax return due\nTake the dog to the vet.",
+    }
+    assert {item.key for item in store.search((agent,), query="paying taxes")} == set(texts)
+    # Not found by a query, but still items.
+    assert {item.key for item in store.search((agent,))} == {*texts, "none", "nothing-there"}
+
+
+def test_the_store_index_config_sets_the_default_fields(api_url: str, api: Client, agent: str) -> None:
+    store = AiinfraStore(base_url=api_url, index={"fields": ["memory.content"]}, retry=NO_RETRY)
+    try:
+        store.put((agent,), "a", {"memory": {"content": "The user prefers tea to coffee."}, "id": 7})
+        store.put((agent,), "b", {"other": "no content field"})
+        store.put((agent,), "c", {"memory": {"content": "ignored"}, "x": "kept"}, index=["x"])
+        assert {m.key: m.text for m in api.memories.recall(agent, "hot drinks", k=10)} == {
+            "a": "The user prefers tea to coffee.",
+            "c": "kept",
+        }
+    finally:
+        store.close()
+    unindexed = AiinfraStore(base_url=api_url, index={"fields": []}, retry=NO_RETRY)
+    try:
+        unindexed.put((agent,), "d", {"text": "The user prefers tea to coffee."})
+        assert "d" not in {m.key for m in api.memories.recall(agent, "hot drinks", k=10)}
+    finally:
+        unindexed.close()
+    with pytest.raises(ValueError, match="own model"):
+        AiinfraStore(base_url=api_url, index={"dims": 384, "embed": "openai:text-embedding-3-small"})
+
+
+def test_a_new_value_replaces_the_text(store: AiinfraStore, api: Client, agent: str) -> None:
+    store.put((agent, "prefs"), "drink", {"text": "The user drinks green tea every morning."})
+    store.put((agent, "prefs"), "drink", {"text": "The user now only drinks black coffee."})
+    [match] = api.memories.recall(agent, "a morning beverage", k=10)
+    assert match.text == '{"text": "The user now only drinks black coffee."}'
+    [item] = store.search((agent,), query="green tea")
+    assert item.value == {"text": "The user now only drinks black coffee."}
+    store.put((agent, "prefs"), "drink", {"text": "unindexed now"}, index=False)
+    assert store.search((agent,), query="a morning beverage") == []
+    store.delete((agent, "prefs"), "drink")
+    assert store.search((agent,), query="a morning beverage") == []
+
+
+def test_a_long_text_is_cut_and_a_bad_query_is_the_apis_400(
+    store: AiinfraStore, api: Client, agent: str
+) -> None:
+    store.put((agent,), "long", {"text": "tea " * 3000}, index=["text"])
+    [match] = api.memories.recall(agent, "tea", k=10)
+    assert match.text == ("tea " * 3000)[:8192]
+    with pytest.raises(InvalidRequest) as blank:
+        store.search((agent,), query="   ")
+    assert (blank.value.status, blank.value.type, blank.value.param) == (
+        400,
+        "invalid_request_error",
+        "query",
+    )
+    assert "whitespace" in blank.value.message

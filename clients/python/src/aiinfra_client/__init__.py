@@ -22,7 +22,15 @@ from aiinfra_client.errors import (
     Unavailable,
 )
 from aiinfra_client.indexes import CompactResult, IndexInfo, IndexItem, Match, QueryResult, WriteResult
-from aiinfra_client.memories import BatchRead, KeyPage, Memory, MemoryItem, PutResult, Written
+from aiinfra_client.memories import (
+    BatchRead,
+    KeyPage,
+    Memory,
+    MemoryItem,
+    PutResult,
+    RecallMatch,
+    Written,
+)
 
 __all__ = [
     "AiinfraError",
@@ -48,6 +56,7 @@ __all__ = [
     "PutResult",
     "QueryResult",
     "RateLimited",
+    "RecallMatch",
     "Retry",
     "ServerError",
     "Unauthorized",

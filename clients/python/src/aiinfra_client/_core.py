@@ -52,6 +52,19 @@ class Answer:
             return None
         return max(0.0, when.timestamp() - time.time())
 
+    @property
+    def is_quota_reached(self) -> bool:
+        """A 429 for one of the caller's own quotas (type quota_exceeded) with no Retry-After: a cap
+        that frees only when the caller deletes something, so no wait helps."""
+        if self.status != 429 or self.retry_after is not None:
+            return False
+        try:
+            body = self.json()
+        except ValueError:
+            return False
+        error = body.get("error") if isinstance(body, dict) else None
+        return isinstance(error, dict) and error.get("type") == "quota_exceeded"
+
 
 @dataclass(frozen=True)
 class Call(Generic[T]):
@@ -86,10 +99,11 @@ def no_content(_: Answer) -> None:
 
 @dataclass(frozen=True)
 class Retry:
-    """When to send a refused request again: on 429 and 503 only, up to `attempts` sends in all and at
-    most `max_wait` seconds of waiting. Each wait honours Retry-After (plus up to half the backoff as
-    jitter); without it, an exponential backoff from `backoff` seconds, capped at `max_backoff`,
-    with equal jitter. `Retry(attempts=1)` never retries."""
+    """When to send a refused request again: on 429 and 503 only (never on a 429 for a quota reached,
+    see `Answer.is_quota_reached`), up to `attempts` sends in all and at most `max_wait` seconds of
+    waiting. Each wait honours Retry-After (plus up to half the backoff as jitter); without it, an
+    exponential backoff from `backoff` seconds, capped at `max_backoff`, with equal jitter.
+    `Retry(attempts=1)` never retries."""
 
     attempts: int = 4
     backoff: float = 0.25
@@ -98,7 +112,7 @@ class Retry:
 
     def delay(self, attempt: int, answer: Answer, waited: float) -> float | None:
         """Seconds to wait before sending again after `attempt` sends, or None to stop."""
-        if answer.status not in RETRY_STATUSES or attempt >= self.attempts:
+        if answer.status not in RETRY_STATUSES or attempt >= self.attempts or answer.is_quota_reached:
             return None
         step = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
         retry_after = answer.retry_after

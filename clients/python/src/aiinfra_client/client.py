@@ -49,6 +49,7 @@ class Memories(SyncNamespace):
     list_keys = sends(memories.list_keys)
     batch_put = sends(memories.batch_put)
     batch_get = sends(memories.batch_get)
+    recall = sends(memories.recall)
 
     def iter_keys(self, agent_id: str, *, prefix: str = "", page_size: int = 100) -> Iterator[str]:
         """Every live key starting with `prefix`, in name order, a page at a time."""
@@ -83,6 +84,7 @@ class AsyncMemories(AsyncNamespace):
     list_keys = async_sends(memories.list_keys)
     batch_put = async_sends(memories.batch_put)
     batch_get = async_sends(memories.batch_get)
+    recall = async_sends(memories.recall)
 
     async def iter_keys(self, agent_id: str, *, prefix: str = "", page_size: int = 100) -> AsyncIterator[str]:
         """Every live key starting with `prefix`, in name order, a page at a time."""

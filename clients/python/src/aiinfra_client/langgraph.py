@@ -13,12 +13,25 @@ store did not write (another shape, or keys that do not split into labels) are n
 None for them and search skips them. list_namespaces reads keys only: every key of the agent that
 splits into labels counts.
 
-What the memory API cannot do yet: `search(query=...)` needs recall by meaning and raises
-NotImplementedError (search lists the keys under the namespace prefix and applies `filter` here, over
-the fetched values, in key order). The `index` setting (the store's `index=` config, or `index=` on a
-put) is accepted and sends nothing today: once the API has recall, the indexed fields become the
-memory's `text`. Every memory expires: a put's `ttl` (minutes) or the store's `ttl={"default_ttl": ...}`,
-else the service's default TTL; reads never extend it (`refresh_ttl` is ignored).
+What a put indexes: the memory's `text`, which the service embeds and `recall` matches. A put's
+`index=False` sends no text; `index=[paths]` makes the text from those fields of the item's value;
+`index=None` (LangGraph's default) uses the store's `index={"fields": [...]}`, itself `["$"]` (the
+whole value as JSON, LangGraph's default) when not given. Paths are LangGraph's (`"title"`,
+`"meta.title"`, `"notes[*].body"`, `"{a,b}"`), read by its own `get_text_at_path`; every text they
+yield joins into one, a line each, cut at the service's 8,192 characters. Fields that yield nothing
+but whitespace put the memory without a text. The service embeds with its own model: the config's
+`embed` is refused and its `dims` unused. A put always replaces the text: a new value gets the text of
+its fields, or none.
+
+`search` without a `query` lists the keys under the namespace prefix and applies `filter` here,
+over the fetched values, in key order (`score` None). With a `query` it recalls within the agent:
+the best `limit + offset` matches (at most 100, the most one recall answers), best first, `score` the
+recall's cosine similarity; matches outside the namespace prefix, not this store's, or failing the
+`filter` are dropped, and when that leaves too few, it recalls once more for the 100 best. Memories
+put without a text are never found by a query.
+
+Every memory expires: a put's `ttl` (minutes) or the store's `ttl={"default_ttl": ...}`, else the
+service's default TTL; reads never extend it (`refresh_ttl` is ignored).
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from langgraph.store.base import (
     BaseStore,
@@ -46,6 +59,8 @@ from langgraph.store.base import (
     SearchItem,
     SearchOp,
     TTLConfig,
+    get_text_at_path,
+    tokenize_path,
     validate_op_namespace,
 )
 
@@ -59,6 +74,10 @@ MAX_KEY_CHARS = 128
 MAX_BATCH = 1000  # keys per batch-get / batch-put, and per page of a listing
 _AGENT = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _PART = re.compile(r"[A-Za-z0-9_-]+")
+WHOLE_VALUE = "$"  # LangGraph's path for the whole value, as JSON
+
+# A field path as `get_text_at_path` takes it: the whole value's "$" as it is, any other tokenized.
+FieldPath = str | list[str]
 
 
 def memory_key(namespace: tuple[str, ...], key: str) -> tuple[str, str]:
@@ -110,6 +129,22 @@ def _item(agent_id: str, memory: memories.Memory) -> Item | None:
     return Item(namespace=path[0], key=path[1], value=stored["value"], created_at=created, updated_at=updated)
 
 
+def _field_paths(fields: Iterable[str]) -> list[FieldPath]:
+    return [field if field == WHOLE_VALUE else tokenize_path(field) for field in fields]
+
+
+def _text(value: Mapping[str, Any], paths: list[FieldPath]) -> str | None:
+    """The memory text of an item's value: what `paths` yield, a line each, or None when that is blank.
+    Cut to the service's bound rather than refused: the model embeds only a text's first tokens anyway."""
+    text = "\n".join(found for path in paths for found in get_text_at_path(value, path))
+    text = text[: memories.MAX_TEXT_CHARS]
+    return text if text.strip() else None
+
+
+def _passes(item: Item, filter: Mapping[str, Any] | None) -> bool:
+    return all(_compare(item.value.get(name), wanted) for name, wanted in (filter or {}).items())
+
+
 def _chunks(items: list[Any], size: int = MAX_BATCH) -> Iterable[list[Any]]:
     return (items[i : i + size] for i in range(0, len(items), size))
 
@@ -159,8 +194,10 @@ def _matches_condition(condition: MatchCondition, namespace: tuple[str, ...]) ->
 class AiinfraStore(BaseStore):
     """A LangGraph store whose items are encrypted aiinfra memories, one agent per namespace root.
 
-    `batch` and `abatch` run reads (get, search, list_namespaces) before the batch's writes, and the
-    last put of a key in a batch wins, as LangGraph's InMemoryStore does.
+    `index={"fields": [...]}` names the fields of a value that become its memory's text (default
+    `["$"]`, the whole value; `[]`, no text unless a put names fields). `batch` and `abatch` run
+    reads (get, search, list_namespaces) before the batch's writes, and the last put of a key in a
+    batch wins, as LangGraph's InMemoryStore does.
     """
 
     supports_ttl = True
@@ -175,7 +212,14 @@ class AiinfraStore(BaseStore):
         timeout: float = DEFAULT_TIMEOUT,
         retry: Retry | None = None,
     ) -> None:
+        if index is not None and "embed" in index:
+            raise ValueError(
+                "the aiinfra memory service embeds texts with its own model: give index={'fields': [...]} "
+                "without 'embed'"
+            )
         self.index_config = index
+        fields = (index or {}).get("fields")
+        self._default_paths = _field_paths([WHOLE_VALUE] if fields is None else fields)
         self.ttl_config = ttl
         self.client = Client(base_url, token=token, timeout=timeout, retry=retry)
         self._new_async_client = functools.partial(
@@ -252,10 +296,17 @@ class AiinfraStore(BaseStore):
             }
             if op.ttl is not None:
                 item["ttl"] = max(1, math.ceil(op.ttl * 60))
+            if (text := self._put_text(op.value, op.index)) is not None:
+                item["text"] = text
             writes[agent_id].append(item)
         for agent_id, items in writes.items():
             for chunk in _chunks(items):
                 yield memories.batch_put(agent_id, chunk)
+
+    def _put_text(self, value: Mapping[str, Any], index: Literal[False] | list[str] | None) -> str | None:
+        if index is False:
+            return None
+        return _text(value, self._default_paths if index is None else _field_paths(index))
 
     def _keys(self, agent_id: str, prefix: str) -> Plan[list[str]]:
         keys: list[str] = []
@@ -270,27 +321,44 @@ class AiinfraStore(BaseStore):
             cursor = page.cursor
 
     def _search(self, op: SearchOp) -> Plan[list[SearchItem]]:
-        if op.query is not None:
-            raise NotImplementedError(
-                "search by meaning (query=...) needs recall, which the aiinfra memory API does not have "
-                "yet: search with a filter, or none"
-            )
         if not op.namespace_prefix:
             raise InvalidNamespaceError("search needs a namespace prefix that starts with the agent id")
         agent_id, prefix = _key_prefix(op.namespace_prefix)
+        if op.query:  # LangGraph's stores take an empty query as none
+            return (yield from self._recall(op, op.query, agent_id, prefix))
         keys = [key for key in (yield from self._keys(agent_id, prefix)) if _item_path(agent_id, key)]
         wanted = op.offset + op.limit
         found: list[SearchItem] = []
         for chunk in _chunks(keys):
             read = yield from self._read(agent_id, chunk)
             for item in (read[key] for key in chunk if key in read):
-                if all(_compare(item.value.get(name), value) for name, value in (op.filter or {}).items()):
+                if _passes(item, op.filter):
                     found.append(
                         SearchItem(item.namespace, item.key, item.value, item.created_at, item.updated_at)
                     )
             if len(found) >= wanted:
                 break
         return found[op.offset : wanted]
+
+    def _recall(self, op: SearchOp, query: str, agent_id: str, prefix: str) -> Plan[list[SearchItem]]:
+        """The recalled items under `prefix` that pass the filter, best first."""
+        wanted = op.offset + op.limit
+        k = min(max(wanted, 1), memories.MAX_RECALL)
+        while True:
+            matches: list[memories.RecallMatch] = yield memories.recall(agent_id, query, k=k)
+            found = [
+                SearchItem(
+                    item.namespace, item.key, item.value, item.created_at, item.updated_at, match.score
+                )
+                for match in matches
+                if match.key.startswith(prefix)
+                and (item := _item(agent_id, match)) is not None
+                and _passes(item, op.filter)
+            ]
+            # Fewer matches than asked for: the agent has no more texts to find.
+            if len(found) >= wanted or len(matches) < k or k == memories.MAX_RECALL:
+                return found[op.offset : wanted]
+            k = memories.MAX_RECALL
 
     def _list_namespaces(self, op: ListNamespacesOp) -> Plan[list[tuple[str, ...]]]:
         conditions = op.match_conditions or ()

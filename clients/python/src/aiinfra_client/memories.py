@@ -1,8 +1,13 @@
-"""The memory routes `/agents/{agent_id}/memories[/{key}]`, `batch-put`, `batch-get`: calls and answers.
+"""The memory routes `/agents/{agent_id}/memories[/{key}]`, `batch-put`, `batch-get`, `recall`: calls
+and answers.
 
 Agent ids and keys match `[A-Za-z0-9._-]{1,128}`. Every memory expires (`ttl` seconds, else the
 service's default); its `version` changes on every write, so a read-modify-write passes the version
 it read as `if_match` and gets PreconditionFailed instead of overwriting someone else's update.
+
+A write may carry a `text` (1 to 8,192 characters, not only whitespace): the service embeds it and
+seals it with the value, and `recall` finds the memory by the meaning of that text. The text belongs
+to the write: a later write without one leaves the memory with no text.
 """
 
 from __future__ import annotations
@@ -14,13 +19,18 @@ from typing import Any, NotRequired, Required, TypedDict
 
 from aiinfra_client._core import Answer, Call, no_content, path
 
+MAX_TEXT_CHARS = 8192  # the service's bound on a memory's text and on a recall query
+MAX_RECALL = 100  # the most matches one recall answers
+
 
 class MemoryItem(TypedDict):
-    """A memory to write in a batch: `ttl` in seconds, else the service's default."""
+    """A memory to write in a batch: `ttl` in seconds, else the service's default; `text`, what
+    `recall` matches (an item without one drops the memory's old text)."""
 
     key: Required[str]
     value: Required[Any]
     ttl: NotRequired[int]
+    text: NotRequired[str]
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,15 @@ class PutResult(Written):
 @dataclass(frozen=True)
 class Memory(Written):
     value: Any
+
+
+@dataclass(frozen=True)
+class RecallMatch(Memory):
+    """A memory `recall` found: `score` is the cosine similarity of the query and the memory's `text`
+    (-1 to 1, higher is closer); `value` is None when values were not asked for."""
+
+    score: float
+    text: str
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,20 @@ def _memory(row: dict[str, Any]) -> Memory:
     return Memory(
         key=row["key"], version=row["version"], expires_at=_when(row["expires_at"]), value=row["value"]
     )
+
+
+def _recall_matches(answer: Answer) -> list[RecallMatch]:
+    return [
+        RecallMatch(
+            key=row["key"],
+            version=row["version"],
+            expires_at=_when(row["expires_at"]),
+            value=row.get("value"),
+            score=row["score"],
+            text=row["text"],
+        )
+        for row in answer.json()["matches"]
+    ]
 
 
 def _put_result(answer: Answer) -> PutResult:
@@ -108,14 +141,19 @@ def put(
     value: Any,
     *,
     ttl: int | None = None,
+    text: str | None = None,
     if_match: str | None = None,
     create_only: bool = False,
 ) -> Call[PutResult]:
-    """Writes any JSON `value`. `if_match`: only over that version ("*": only if it exists);
-    `create_only`: only if absent. A refused condition raises PreconditionFailed."""
+    """Writes any JSON `value`, with `text` for `recall` to match (without it, the memory has none).
+    `if_match`: only over that version ("*": only if it exists); `create_only`: only if absent. A
+    refused condition raises PreconditionFailed; a text past the agent's cap of memories with a
+    text raises RateLimited (type quota_exceeded, param max_recall_per_agent)."""
     body: dict[str, Any] = {"value": value}
     if ttl is not None:
         body["ttl"] = ttl
+    if text is not None:
+        body["text"] = text
     headers = _if_match(if_match) | ({"If-None-Match": "*"} if create_only else {})
     return Call("PUT", path("agents", agent_id, "memories", key), _put_result, json=body, headers=headers)
 
@@ -150,3 +188,20 @@ def batch_put(agent_id: str, items: Iterable[MemoryItem]) -> Call[list[Written]]
 def batch_get(agent_id: str, keys: Iterable[str]) -> Call[BatchRead]:
     """Up to 1000 memories by key; the keys not found are in `missing`."""
     return Call("POST", path("agents", agent_id, "batch-get"), _batch_read, json={"keys": list(keys)})
+
+
+def recall(
+    agent_id: str,
+    query: str,
+    *,
+    k: int = 5,
+    min_score: float | None = None,
+    include_values: bool = True,
+) -> Call[list[RecallMatch]]:
+    """The agent's live memories whose text is closest in meaning to `query` (1 to 8,192 characters,
+    not only whitespace), best first: at most `k` (1 to 100), none scoring under `min_score` (-1 to
+    1). Memories written without a text are never found; an agent with none answers []."""
+    body: dict[str, Any] = {"query": query, "k": k, "include_values": include_values}
+    if min_score is not None:
+        body["min_score"] = min_score
+    return Call("POST", path("agents", agent_id, "recall"), _recall_matches, json=body)
