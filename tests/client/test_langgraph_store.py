@@ -256,3 +256,13 @@ def test_a_long_text_is_cut_and_a_bad_query_is_the_apis_400(
         "query",
     )
     assert "whitespace" in blank.value.message
+
+
+def test_a_batch_of_more_texts_than_one_request_embeds_is_sent_in_parts(
+    store: AiinfraStore, agent: str
+) -> None:
+    # The service embeds at most 100 texts per batch put: 250 puts with texts go as three.
+    store.batch([PutOp((agent, "notes"), f"n{i}", {"text": f"note number {i}"}) for i in range(250)])
+    assert len(store.search((agent, "notes"), limit=1000)) == 250
+    found = store.search((agent,), query="note number 217", limit=3)
+    assert "n217" in [item.key for item in found]

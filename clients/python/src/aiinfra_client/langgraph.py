@@ -149,6 +149,20 @@ def _chunks(items: list[Any], size: int = MAX_BATCH) -> Iterable[list[Any]]:
     return (items[i : i + size] for i in range(0, len(items), size))
 
 
+def _batch_puts(items: list[memories.MemoryItem]) -> Iterable[list[memories.MemoryItem]]:
+    """`items` in batch puts the service takes: at most MAX_BATCH items, MAX_BATCH_TEXTS with a text."""
+    batch: list[memories.MemoryItem] = []
+    texts = 0
+    for item in items:
+        if len(batch) == MAX_BATCH or (texts == memories.MAX_BATCH_TEXTS and "text" in item):
+            yield batch
+            batch, texts = [], 0
+        batch.append(item)
+        texts += "text" in item
+    if batch:
+        yield batch
+
+
 def _compare(value: Any, wanted: Any) -> bool:
     """LangGraph's filter semantics: `$eq $ne $gt $gte $lt $lte` operators, nested objects, exact lists."""
     if isinstance(wanted, dict):
@@ -300,8 +314,8 @@ class AiinfraStore(BaseStore):
                 item["text"] = text
             writes[agent_id].append(item)
         for agent_id, items in writes.items():
-            for chunk in _chunks(items):
-                yield memories.batch_put(agent_id, chunk)
+            for batch in _batch_puts(items):
+                yield memories.batch_put(agent_id, batch)
 
     def _put_text(self, value: Mapping[str, Any], index: Literal[False] | list[str] | None) -> str | None:
         if index is False:

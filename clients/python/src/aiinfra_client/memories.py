@@ -20,6 +20,7 @@ from typing import Any, NotRequired, Required, TypedDict
 from aiinfra_client._core import Answer, Call, no_content, path
 
 MAX_TEXT_CHARS = 8192  # the service's bound on a memory's text and on a recall query
+MAX_BATCH_TEXTS = 100  # texts one batch put may carry: the service embeds them within the request
 MAX_RECALL = 100  # the most matches one recall answers
 
 
