@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import redis
 from aiinfra._native import key_slot
-from aiinfra.memory.resp import RedisUnavailable
 from aiinfra.memory.recall import MemoryRecall, RecallItem
+from aiinfra.memory.resp import RedisUnavailable
 from aiinfra.memory.schema import index_key, memory_key, recall_texts_key, recall_vectors_key
 from aiinfra.memory.store import Condition, Memory, memory_store
 

@@ -307,3 +307,18 @@ def test_a_batch_of_more_texts_than_one_request_embeds_is_400(client: TestClient
     items[100].pop("text")  # 100 texts and one value without: taken
     assert client.post(f"/agents/{agent}/batch-put", json={"items": items}).status_code == 200
     assert len(_recall(client, agent, query="note 42", k=100)) == 100
+
+
+def test_values_too_large_for_one_answer_are_a_400_naming_k(client: TestClient, agent: str) -> None:
+    value = "v" * 200_000
+    for i in range(40):
+        body = {"value": value, "text": f"large note {i}"}
+        put = client.put(f"/agents/{agent}/memories/big-{i}", json=body)
+        assert put.status_code == 201
+    response = client.post(f"/agents/{agent}/recall", json={"query": "large note", "k": 40})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "answer_too_large"
+    assert response.json()["error"]["param"] == "k"
+    bare = _recall(client, agent, query="large note", k=40, include_values=False)
+    assert len(bare) == 40
+    assert len(_recall(client, agent, query="large note", k=5)) == 5

@@ -416,9 +416,15 @@ def router(
         allow(request, agent_id)
         query = encode([body.query])[0]
         with _store_faults(agent_id):
-            found = recall.recall(
-                agent_id, query, body.k, body.min_score, body.include_values, MAX_ANSWER_BYTES
-            )
+            try:
+                found = recall.recall(
+                    agent_id, query, body.k, body.min_score, body.include_values, MAX_ANSWER_BYTES
+                )
+            except data.ValuesTooLarge as error:
+                raise AnswerTooLarge(
+                    f"{error}, more than one answer carries: ask for a smaller k, or no values",
+                    param="k",
+                ) from None
         return json_response({"matches": [_recalled(match, body.include_values) for match in found]})
 
     @routes.post(
