@@ -258,12 +258,20 @@ def test_a_put_whose_exec_has_the_wrong_shape_is_503(
         ("list", b"*1\r\n:7\r\n"),
         ("delete", b"$1\r\nx\r\n"),
         ("batch-get", b"*1\r\n$-1\r\n"),
+        ("recall", b"*2\r\n:1\r\n:2\r\n"),
+        ("recall", b"*3\r\n$1\r\na\r\n$1\r\nb\r\n$1\r\nc\r\n"),
+        ("recall", b"*2\r\n*1\r\n$1\r\na\r\n$1\r\nb\r\n"),
+        ("recall", b"*2\r\n$1\r\na\r\n$-1\r\n"),
     ],
     ids=[
         "list answered an integer",
         "list of integers",
         "delete answered a value",
         "MGET of the wrong length",
+        "HGETALL of integers",
+        "HGETALL of an odd length",
+        "HGETALL holding an array",
+        "HGETALL holding a nil",
     ],
 )
 def test_scripts_and_mget_with_the_wrong_shape_are_503(
@@ -275,6 +283,7 @@ def test_scripts_and_mget_with_the_wrong_shape_are_503(
         "list": lambda: client.get("/agents/agent-1/memories"),
         "delete": lambda: client.delete("/agents/agent-1/memories/k"),
         "batch-get": lambda: client.post("/agents/agent-1/batch-get", json={"keys": ["a", "b"]}),
+        "recall": lambda: client.post("/agents/agent-1/recall", json={"query": "anything"}),
     }[route]()
     assert response.status_code == 503, response.text
 

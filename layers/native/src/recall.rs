@@ -12,6 +12,7 @@ use pyo3::types::PyBytes;
 use crate::envelope::{EnvelopeCodec, EnvelopeError, IntegrityError};
 
 const FACTOR_LEN: usize = 4;
+const LANES: usize = 8;
 
 /// One live candidate: its name, cosine score, version and expiry.
 pub type Candidate = (String, f32, u64, u64);
@@ -23,11 +24,23 @@ fn score(query: &[f32], plaintext: &[u8]) -> Option<f32> {
         return None;
     }
     let factor = f32::from_le_bytes(plaintext[..FACTOR_LEN].try_into().expect("length checked"));
-    let dot: f32 = (plaintext[FACTOR_LEN..].iter())
-        .zip(query)
+    // Eight running sums, not one: float addition is not associative, so a single sum keeps the
+    // compiler from spreading the products over SIMD lanes.
+    let mut lanes = [0f32; LANES];
+    let stored = plaintext[FACTOR_LEN..].chunks_exact(LANES);
+    let wanted = query.chunks_exact(LANES);
+    let (rest_q, rest_x) = (stored.remainder(), wanted.remainder());
+    for (q, x) in stored.zip(wanted) {
+        for lane in 0..LANES {
+            lanes[lane] += f32::from(q[lane] as i8) * x[lane];
+        }
+    }
+    let tail: f32 = rest_q
+        .iter()
+        .zip(rest_x)
         .map(|(&q, &x)| f32::from(q as i8) * x)
         .sum();
-    Some(factor * dot)
+    Some(factor * (lanes.iter().sum::<f32>() + tail))
 }
 
 /// What a recall asks of the agent's vectors.

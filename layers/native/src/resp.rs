@@ -314,7 +314,9 @@ pub(crate) fn exchange(
                 "redis answered more than the {max_bytes} bytes asked for"
             )));
         }
-        if replies_complete(&received[..filled], count)? {
+        // Every complete answer ends in CRLF: parsing from the start after each read only then keeps
+        // a long answer (an HGETALL of thousands of fields) linear in its size.
+        if received[..filled].ends_with(b"\r\n") && replies_complete(&received[..filled], count)? {
             received.truncate(filled);
             deadline.disarm(&socket)?;
             return Ok(received);

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiinfra._native import Memory
 from aiinfra.memory.envelope import version_bytes
-from aiinfra.memory.resp import UNLIMITED, Arg, ReplyTooLarge, is_bulk_list
+from aiinfra.memory.resp import UNLIMITED, Arg, RedisUnavailable, ReplyTooLarge, is_bulk_list
 from aiinfra.memory.schema import index_key, memory_prefix, recall_texts_key, recall_vectors_key
 from aiinfra.memory.scripts import RECALL_FETCH, RECALL_PUT
 from aiinfra.memory.store import (
@@ -76,8 +76,9 @@ def _is_write_outcome(reply: Any) -> bool:
 
 
 def _is_entries(reply: Any) -> bool:
-    """What HGETALL answers: name, value pairs."""
-    return is_bulk_list(reply) and len(reply) % 2 == 0 and None not in reply
+    """What HGETALL answers: name, value pairs (that each is bytes, `recall_best` checks: looping
+    over thousands of them here would cost a recall more than scoring them)."""
+    return isinstance(reply, list) and len(reply) % 2 == 0
 
 
 def vector_plaintexts(vectors: np.ndarray) -> list[bytes]:
@@ -177,9 +178,12 @@ class MemoryRecall:
         query_bytes = np.ascontiguousarray(query, dtype="<f4").tobytes()
         limit = k + _SLACK
         while True:
-            candidates, _ = self.store.codec.recall_best(
-                vectors_key + b":", entries, query_bytes, limit, min_score
-            )
+            try:
+                candidates, _ = self.store.codec.recall_best(
+                    vectors_key + b":", entries, query_bytes, limit, min_score
+                )
+            except TypeError:
+                raise RedisUnavailable("redis answered HGETALL with other than names and values") from None
             found = self._fetch(agent_id, candidates, include_values, max_value_bytes)
             if len(found) >= k or len(candidates) < limit:
                 return found[:k]
