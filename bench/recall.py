@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,10 @@ from tests.support.events import LambdaContext, api_gateway_event, response_json
 
 K = 5
 TTL = 24 * 3600
+INIT_BASE = "c0455f7"  # the last commit before recall
+INIT_NOW = "this commit"
+INIT_BEFORE = f"{INIT_BASE}, before recall"
+INIT_RUNS = 20
 QUERIES = 200
 CLOSE = 4.0  # STS-B gold score from which a pair counts as saying the same thing
 BENCH_PYTHON = REPO_ROOT / ".venv-bench" / "bin" / "python"
@@ -268,6 +273,51 @@ def quality(function: MemoryFunction, pairs: list[tuple[str, str]]) -> dict[str,
     return {name: (at1 / len(pairs), at5 / len(pairs)) for name, (at1, at5) in hits.items()}
 
 
+def init_times(runs: int) -> dict[str, list[float]]:
+    """The memory function's init (its imports and app build: what Init Duration counts past the
+    runtime's own start) in fresh processes, recall unused: this tree against INIT_BASE's, one after
+    the other, `runs` times each. The base's Python runs on this tree's native module (it calls
+    nothing recall added)."""
+    from tests.perf.test_function_init_cost import PROBE
+
+    with tempfile.TemporaryDirectory() as scratch:
+        base = Path(scratch) / "base"
+        base.mkdir()
+        tree = ["layers/native/python", "functions/memory"]
+        archive = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "archive", INIT_BASE, *tree], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+        native = REPO_ROOT / "layers" / "native" / "python" / "aiinfra" / "_native.abi3.so"
+        shutil.copy(native, base / "layers" / "native" / "python" / "aiinfra")
+        settings = {
+            "PATH": "",
+            "AUTH_MODE": "none",
+            "REDIS_URL": "redis://127.0.0.1:1/0",  # closed: the keyring defers, as it may in Lambda
+            "MEMORY_KEYS": f"file://{scratch}/keyring.json",
+        }
+        trees = {
+            INIT_NOW: (REPO_ROOT, settings),
+            INIT_BEFORE: (base, {**settings, "PYTHONPATH": str(base / "layers" / "native" / "python")}),
+        }
+        times: dict[str, list[float]] = {name: [] for name in trees}
+        for _ in range(runs):
+            for name, (root, env) in trees.items():
+                done = subprocess.run(
+                    [sys.executable, "-c", PROBE, str(root / "functions" / "memory" / "app.py")],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    cwd="/",
+                    check=True,
+                )
+                probe = json.loads(done.stdout.splitlines()[-1])
+                # Each tree's own code answered: only this one has the recall module.
+                assert ("aiinfra.memory.recall" in probe["modules"]) == (name == INIT_NOW)
+                times[name].append(probe["init_ms"])
+    return times
+
+
 def cell(row: Row) -> str:
     return f"{row['p50']:.2f} / {row['p99']:.2f}"
 
@@ -280,8 +330,15 @@ def report(
     memories_sts: int,
     recalls: int,
     load: tuple[float, float],
+    inits: dict[str, list[float]],
 ) -> str:
     sizes = [int(op) for op in rows[OURS]]
+    init_rows = [
+        [name, f"{np.median(times):.0f}", f"{min(times):.0f}", f"{max(times):.0f}"]
+        for name, times in inits.items()
+    ]
+    init_change = np.median(inits[INIT_NOW]) - np.median(inits[INIT_BEFORE])
+    spread = np.percentile(inits[INIT_BEFORE], 75) - np.percentile(inits[INIT_BEFORE], 25)
     ratios = {
         size: {
             p: rows[SEALED + WITH_EMBEDDING][str(size)][p] / rows[OURS][str(size)][p] for p in ("p50", "p99")
@@ -341,6 +398,11 @@ def report(
         f"{abs(gap):.1f} points {'under' if gap > 0 else 'over'} "
         f"(target within 1 point, or over: {verdict(gap <= 1)})"
     )
+    targets.append(
+        f"- the memory function's init, recall unused: {init_change:+.0f} ms at the median against "
+        f"{INIT_BASE} (its own spread, quartile to quartile: {spread:.0f} ms; target unchanged within "
+        f"noise: {verdict(abs(init_change) <= max(spread, 5.0))})"
+    )
     pinning = (
         f"redis-server is pinned to CPU {REDIS_CPU}, this process (the handler, the model, the baselines) "
         f"to CPU {CLIENT_CPU}"
@@ -388,6 +450,15 @@ def report(
             "",
             markdown_table(["contender", "recall@1", "recall@5"], quality_rows),
             "",
+            "## The memory function's init when no request uses recall",
+            "",
+            f"{len(inits[INIT_NOW])} fresh processes of each, one after the other: the function's "
+            "imports and app build (what Lambda's Init Duration counts beyond the runtime's own start; "
+            "tests/perf's probe), Redis unreachable so the keyring defers. The base is the last commit "
+            "before recall, on this tree's native module. The recall model is not loaded by either.",
+            "",
+            markdown_table(["code", "median ms", "min ms", "max ms"], init_rows),
+            "",
             "## Targets",
             "",
             *targets,
@@ -423,10 +494,10 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait()
+    inits = init_times(5 if args.quick else INIT_RUNS)
     firsts = len({first for first, _ in pairs})
-    markdown = report(
-        rows, writes, recall_at, len(pairs), firsts, recalls, (started_load, os.getloadavg()[0])
-    )
+    load = (started_load, os.getloadavg()[0])
+    markdown = report(rows, writes, recall_at, len(pairs), firsts, recalls, load, inits)
     write_report("recall", markdown)
 
 
