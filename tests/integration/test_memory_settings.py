@@ -106,3 +106,21 @@ def test_an_unreachable_redis_is_a_503_naming_neither_its_address_nor_its_passwo
         )
         for internal in (str(port), "s3cret-pw", "127.0.0.1", "memory:", str(tmp_path)):
             assert internal not in answer.text, internal
+
+
+def test_the_recall_settings_default_as_deployed_and_refuse_what_they_cannot_read(
+    monkeypatch: pytest.MonkeyPatch, keyring_uri: str
+) -> None:
+    monkeypatch.setenv("MEMORY_KEYS", keyring_uri)
+    for name in ("MEMORY_MAX_RECALL_PER_AGENT", "MEMORY_RECALL_WARM"):
+        monkeypatch.delenv(name, raising=False)
+    settings = memory_settings()
+    assert (settings.max_recall_per_agent, settings.recall_warm) == (10_000, False)
+    monkeypatch.setenv("MEMORY_RECALL_WARM", "true")
+    monkeypatch.setenv("MEMORY_MAX_RECALL_PER_AGENT", "0")
+    assert (memory_settings().max_recall_per_agent, memory_settings().recall_warm) == (0, True)
+    for name, value in (("MEMORY_RECALL_WARM", "yes"), ("MEMORY_MAX_RECALL_PER_AGENT", "-1")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ConfigError, match=name):
+            memory_settings()
+        monkeypatch.delenv(name)
