@@ -60,17 +60,15 @@ struct Scored {
 }
 
 /// The live entries among `entries` (name, blob pairs) scored against the ask's query, best first
-/// (ties by position), at most `limit`, none under `min_score`; and how many live vectors were
-/// scored. Any blob that fails authentication fails the whole call, naming its Redis key.
+/// (ties by position), at most `limit`, none under `min_score`. Any blob that fails authentication fails the whole call, naming its Redis key.
 fn best(
     codec: &EnvelopeCodec,
     prefix: &[u8],
     entries: &[(&[u8], &[u8])],
     ask: &Ask<'_>,
-) -> Result<(Vec<Scored>, usize), (Vec<u8>, EnvelopeError)> {
+) -> Result<Vec<Scored>, (Vec<u8>, EnvelopeError)> {
     let mut scored = Vec::with_capacity(entries.len());
     let mut redis_key = Vec::with_capacity(prefix.len() + 128);
-    let mut live = 0;
     for (at, (name, blob)) in entries.iter().enumerate() {
         redis_key.clear();
         redis_key.extend_from_slice(prefix);
@@ -84,7 +82,6 @@ fn best(
         let Some(score) = score(ask.query, &opened.plaintext) else {
             continue;
         };
-        live += 1;
         if score >= ask.min_score {
             let (version, expires_at_ms) = (opened.version, opened.expires_at_ms);
             scored.push(Scored {
@@ -101,7 +98,7 @@ fn best(
     }
     scored.truncate(ask.limit);
     scored.sort_unstable_by(by_score);
-    Ok((scored, live))
+    Ok(scored)
 }
 
 /// Milliseconds since the Unix epoch, as expiries are written.
@@ -117,8 +114,8 @@ impl EnvelopeCodec {
     /// Opens the recall vectors in `entries` (HGETALL's flat answer: name, blob, name, blob, ...),
     /// each sealed under `<prefix><name>`, and answers the best `limit` that are live now against
     /// `query` (a unit vector, float32 little-endian), none scoring under `min_score`:
-    /// `(name, score, version, expires_at_ms)` best first (ties by position), and how many live
-    /// vectors were scored. A vector of another dimension is not scored.
+    /// `(name, score, version, expires_at_ms)` best first (ties by position). A vector of another
+    /// dimension is not scored.
     #[pyo3(signature = (prefix, entries, query, limit, min_score=None))]
     fn recall_best<'py>(
         &self,
@@ -128,7 +125,7 @@ impl EnvelopeCodec {
         query: &[u8],
         limit: usize,
         min_score: Option<f32>,
-    ) -> PyResult<(Vec<Candidate>, usize)> {
+    ) -> PyResult<Vec<Candidate>> {
         if !entries.len().is_multiple_of(2) {
             return Err(PyValueError::new_err("entries must be name, blob pairs"));
         }
@@ -151,7 +148,7 @@ impl EnvelopeCodec {
         };
         let found = py.detach(|| best(self, prefix, &pairs, &ask));
         match found {
-            Ok((best, live)) => {
+            Ok(best) => {
                 let candidates = best
                     .into_iter()
                     .map(|s| {
@@ -159,7 +156,7 @@ impl EnvelopeCodec {
                         (name, s.score, s.version, s.expires_at_ms)
                     })
                     .collect();
-                Ok((candidates, live))
+                Ok(candidates)
             }
             Err((key, EnvelopeError::Integrity(reason))) => Err(IntegrityError::new_err(format!(
                 "{}: {reason}",

@@ -98,10 +98,10 @@ class EnvelopeCodec:
     def open_many(self, prefix: bytes, keys: list[str], blobs: list[bytes | None]) -> list[Memory | None]: ...
     def recall_best(
         self, prefix: bytes, entries: list[bytes], query: bytes, limit: int, min_score: float | None = None
-    ) -> tuple[list[tuple[str, float, int, int]], int]:
+    ) -> list[tuple[str, float, int, int]]:
         """The recall vectors in `entries` (name, blob, ...; each sealed under `<prefix><name>`)
         live now, scored against `query` (a unit float32 vector): the best `limit` as
-        `(name, score, version, expires_at_ms)`, none under `min_score`, and how many were scored.
+        `(name, score, version, expires_at_ms)`, none under `min_score`.
         IntegrityError naming the key of any blob that fails authentication."""
 
 INDEX_ENCODING_MEMBER: bytes

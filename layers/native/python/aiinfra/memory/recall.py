@@ -179,7 +179,7 @@ class MemoryRecall:
         limit = k + _SLACK
         while True:
             try:
-                candidates, _ = self.store.codec.recall_best(
+                candidates = self.store.codec.recall_best(
                     vectors_key + b":", entries, query_bytes, limit, min_score
                 )
             except TypeError:
