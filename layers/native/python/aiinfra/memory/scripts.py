@@ -69,17 +69,23 @@ local function count(index, usage, base, names, sizes, max_n, max_b, budget, ttl
 end
 """
 
+# Whether a write's precondition refuses it, given what its key holds (`cur`, false for nothing): mode
+# `absent` (If-None-Match: *), `exists` (If-Match: *) or `match` of `version` (bytes 1..9).
+CONDITION = """
+local function refused(cur, mode, version)
+  return (mode == 'absent' and cur) or (mode == 'exists' and not cur)
+    or (mode == 'match' and (not cur or string.sub(cur, 2, 9) ~= version))
+end
+"""
+
 # A put: KEYS = key, index (and usage, with quotas). 0 when its precondition does not hold, -1 / -2
 # over the count / bytes quota (0 for none), else 2 when created, 1 when replaced.
 PUT = Script(
     USAGE
+    + CONDITION
     + """
 local cur = redis.call('GET', KEYS[1])
-local mode = ARGV[3]
-if (mode == 'absent' and cur) or (mode == 'exists' and not cur)
-   or (mode == 'match' and (not cur or string.sub(cur, 2, 9) ~= ARGV[4])) then
-  return 0
-end
+if refused(cur, ARGV[3], ARGV[4]) then return 0 end
 local max_n, max_b, budget = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[10])
 if max_n > 0 or max_b > 0 then
   local over = count(KEYS[2], KEYS[3], ARGV[9], {ARGV[5]}, {#ARGV[1]}, max_n, max_b, budget, ARGV[6])
@@ -210,17 +216,14 @@ end
 # then nothing is written; else 2 when the first memory was created, 1 when it was replaced.
 RECALL_PUT = Script(
     USAGE
+    + CONDITION
     + RECALL
     + """
 local HEAD, EACH = 8, 5
 local n = (#ARGV - HEAD) / EACH
 local usage = KEYS[4 + n]
 local cur = redis.call('GET', KEYS[4])
-local mode = ARGV[1]
-if (mode == 'absent' and cur) or (mode == 'exists' and not cur)
-   or (mode == 'match' and (not cur or string.sub(cur, 2, 9) ~= ARGV[2])) then
-  return 0
-end
+if refused(cur, ARGV[1], ARGV[2]) then return 0 end
 local names, sizes, members = {}, {}, {0, LONG}
 for i = 1, n do
   local at = HEAD + EACH * (i - 1)
