@@ -225,8 +225,7 @@ def bare_fetch(port: int, agent: str) -> Callable[[int], object]:
     connection = socket.create_connection(("127.0.0.1", port))
     connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     request = encode_commands([["HGETALL", recall_vectors_key(agent)]])
-    # The closure keeps the connection open for as long as the contender runs.
-    return lambda i: roundtrip(connection.fileno(), request, 1, 1 << 30) and connection
+    return lambda i: roundtrip(connection.fileno(), request, 1, 1 << 30)
 
 
 def latency(

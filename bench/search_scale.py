@@ -73,7 +73,8 @@ def real_base() -> Path:
     """The real part of the set: every distinct WordNet gloss, embedded (cached). The search bench
     adds the GCIDE definitions; embedding those too takes over an hour of this machine."""
     path = CACHE / "search-scale-wordnet.npy"
-    embedded(sorted(set(wordnet_glosses())), path)
+    if not path.is_file():
+        embedded(sorted(set(wordnet_glosses())), path)
     return path
 
 

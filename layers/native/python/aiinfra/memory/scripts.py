@@ -127,18 +127,32 @@ return #KEYS - 2
 """
 )
 
+# Recall entries (see memory.recall) whose memory is gone or holds another version than theirs:
+# deleted, expired, or replaced by a write without a text. `held` is the version the memory holds
+# now, as `GETRANGE <key> 1 8` reads it without copying its value ('' when there is none).
+RECALL = """
+local function stale(vectors, name, held)
+  local sealed = redis.call('HGET', vectors, name)
+  return sealed and string.sub(sealed, 2, 9) ~= held
+end
+local function drop(vectors, texts, name)
+  redis.call('HDEL', vectors, name)
+  redis.call('HDEL', texts, name)
+end
+"""
+
 # A delete: KEYS = key, index, recall vectors, recall texts (and usage, with quotas). -1 when there is
 # no memory, 0 when If-Match names another version, else 1.
 DELETE = Script(
     USAGE
+    + RECALL
     + """
 local cur = redis.call('GET', KEYS[1])
 if not cur then return -1 end
 if ARGV[1] == 'match' and string.sub(cur, 2, 9) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
-redis.call('HDEL', KEYS[3], ARGV[3])
-redis.call('HDEL', KEYS[4], ARGV[3])
+drop(KEYS[3], KEYS[4], ARGV[3])
 if KEYS[5] then forget(KEYS[5], ARGV[3]) end
 return 1
 """
@@ -193,20 +207,6 @@ return swapped
 """
 )
 
-# Recall entries (see memory.recall) whose memory is gone or holds another version than theirs:
-# deleted, expired, or replaced by a write without a text. `GETRANGE 1 8` reads a stored memory's
-# version without copying its value ('' when there is none).
-RECALL = """
-local function stale(vectors, name, base)
-  local sealed = redis.call('HGET', vectors, name)
-  return sealed and string.sub(sealed, 2, 9) ~= redis.call('GETRANGE', base .. name, 1, 8)
-end
-local function drop(vectors, texts, name)
-  redis.call('HDEL', vectors, name)
-  redis.call('HDEL', texts, name)
-end
-"""
-
 # A write of memories with recall texts (a put with one, or a batch put where any item has one):
 # KEYS = index, recall vectors, recall texts, each memory's key, then usage with quotas. ARGV =
 # the first memory's precondition (mode, version; 'any' for a batch), max count, max bytes, index
@@ -244,7 +244,8 @@ local max_r = tonumber(ARGV[8])
 if max_r > 0 and redis.call('HLEN', KEYS[2]) + added() > max_r then
   local held = redis.call('HKEYS', KEYS[2])
   for _, name in ipairs(held) do
-    if stale(KEYS[2], name, ARGV[6]) then drop(KEYS[2], KEYS[3], name) end
+    local held = redis.call('GETRANGE', ARGV[6] .. name, 1, 8)
+    if stale(KEYS[2], name, held) then drop(KEYS[2], KEYS[3], name) end
   end
   if redis.call('HLEN', KEYS[2]) + added() > max_r then return -3 end
 end
@@ -281,14 +282,14 @@ RECALL_FETCH = Script(
 local out = {}
 for i = 3, #KEYS do
   local name, version = ARGV[2 * i - 4], ARGV[2 * i - 3]
-  local base = string.sub(KEYS[i], 1, #KEYS[i] - #name)
-  if redis.call('GETRANGE', KEYS[i], 1, 8) == version then
+  local held = redis.call('GETRANGE', KEYS[i], 1, 8)
+  if held == version then
     local value = ''
     if ARGV[1] == '1' then value = redis.call('GET', KEYS[i]) end
     out[#out + 1] = value
     out[#out + 1] = redis.call('HGET', KEYS[2], name)
   else
-    if stale(KEYS[1], name, base) then drop(KEYS[1], KEYS[2], name) end
+    if stale(KEYS[1], name, held) then drop(KEYS[1], KEYS[2], name) end
     out[#out + 1] = false
     out[#out + 1] = false
   end

@@ -263,13 +263,18 @@ class RemoteShards:
         """The index as GET answers it: the shards' manifests read from the store here, their live
         counts from the shard functions (which load them; this function loads none). A shard
         function that does not answer in time leaves its count out and is in `missing_shards`."""
-        self._firsts.pop(index.shard(0), None)  # fresh: GET shows the index as it stands
         first = self.first(index)
         paths = [index.shard(shard) for shard in range(first.shards)]
-        read = list(self._pool.map(self.store.read_manifest, paths))
+        read = list(self._pool.map(self.store.read_manifest, paths))  # fresh: GET shows jobs as they stand
         if read[0] is None:
+            self._firsts.pop(index.shard(0), None)
             raise IndexNotFound(index.name)
         manifests = [IndexManifest.from_json(found[0]) for found in read if found is not None]
+        if manifests[0].incarnation != first.incarnation:
+            # Dropped and created again since the definition held here was read: hold the new one,
+            # whose shards may be others.
+            self._firsts[index.shard(0)] = (self.clock(), manifests[0])
+            return self.describe(index)
         events = [
             {"aiinfra": COUNT_EVENT, "tenant": index.tenant, "name": index.name, "shard": s}
             for s in range(first.shards)
